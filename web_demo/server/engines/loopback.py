@@ -1,0 +1,38 @@
+"""Loopback engine: replies with the user's own turn audio.
+
+A diagnostic for the audio path (mic -> Opus -> PCM -> Opus -> speaker) and the engine
+behind the load benchmark: it costs nothing, so measurements show the serving overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+from web_demo.server.engines.base import AudioDelta, ReplyEvent, ReplyRequest, TextDelta
+
+CHUNK_SAMPLES_24K = 4800  # 200 ms, the size of one Fun-Audio-Chat LLM step's audio
+
+
+class LoopbackEngine:
+    name = "loopback"
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
+        seconds = len(request.user_audio_16k) / MODEL_SAMPLE_RATE
+        yield TextDelta(f"[loopback] {seconds:.1f} s of your audio")
+        pcm_24k = resample(request.user_audio_16k, MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE)
+        for start in range(0, len(pcm_24k), CHUNK_SAMPLES_24K):
+            yield AudioDelta(pcm_24k[start:start + CHUNK_SAMPLES_24K])
+
+    def end_session(self, session_id: str) -> None:
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"engine": self.name, "models": {}}

@@ -1,0 +1,159 @@
+"""The /api/chat wire format: every frame is one type byte followed by a payload.
+
+Pure encode/decode functions, no I/O. Binary frames are the native protocol (moshi-derived,
+as upstream Fun-Audio-Chat's browser client speaks it); JSON text frames are accepted too,
+in the shape the deployment plan documents:
+``{"type": "control", "action": "start"}`` and ``{"type": "metadata", "data": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from web_demo.server.errors import ProtocolError
+
+
+class MsgType(IntEnum):
+    HANDSHAKE = 0x00
+    AUDIO = 0x01  # Ogg/Opus pages, 24 kHz mono, both directions
+    TEXT = 0x02  # UTF-8, server -> client
+    CONTROL = 0x03  # one byte, see Control
+    METADATA = 0x04  # UTF-8 JSON object
+    ERROR = 0x05  # UTF-8 message, server -> client
+    PING = 0x06  # empty; keeps the browser client's 30 s inactivity timer from firing
+
+
+class Control(IntEnum):
+    START = 0x00
+    END_TURN = 0x01
+    PAUSE = 0x02
+    RESTART = 0x03
+
+
+PROTOCOL_VERSION = 0
+MODEL_ID = 0
+HANDSHAKE_FRAME = bytes([MsgType.HANDSHAKE, PROTOCOL_VERSION, MODEL_ID])
+
+_ACTIONS = {"start": Control.START, "endTurn": Control.END_TURN,
+            "pause": Control.PAUSE, "restart": Control.RESTART}
+_OGG_CAPTURE = b"OggS"
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    """Whole Ogg pages of the connection's one continuous Ogg/Opus stream."""
+    ogg: bytes
+
+
+@dataclass(frozen=True)
+class ControlIn:
+    action: Control
+
+
+@dataclass(frozen=True)
+class MetadataIn:
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A frame the server accepts and drops (client ping, client text, client handshake)."""
+    kind: MsgType
+
+
+ClientMessage = AudioIn | ControlIn | MetadataIn | Ignored
+
+
+def decode_binary(frame: bytes) -> ClientMessage:
+    """Decode one binary client frame; raises ProtocolError with a client-readable reason."""
+    if not frame:
+        raise ProtocolError("empty frame")
+    try:
+        kind = MsgType(frame[0])
+    except ValueError:
+        raise ProtocolError(f"unknown frame type 0x{frame[0]:02x}") from None
+    payload = frame[1:]
+    if kind is MsgType.AUDIO:
+        return _decode_audio(payload)
+    if kind is MsgType.CONTROL:
+        return _decode_control(payload)
+    if kind is MsgType.METADATA:
+        return MetadataIn(_decode_json_object(payload))
+    if kind is MsgType.ERROR:
+        raise ProtocolError("error frames are server-to-client only")
+    return Ignored(kind)
+
+
+def decode_text(frame: str) -> ClientMessage:
+    """Decode one JSON text frame (the deployment plan's control and metadata messages)."""
+    message = _decode_json_object(frame.encode("utf-8", "surrogatepass"))
+    kind = message.get("type")
+    if kind == "control":
+        action = message.get("action")
+        if action not in _ACTIONS:
+            raise ProtocolError(f"unknown control action {action!r}; expected one of {sorted(_ACTIONS)}")
+        return ControlIn(_ACTIONS[action])
+    if kind == "metadata":
+        data = message.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError("metadata 'data' must be a JSON object")
+        return MetadataIn(data)
+    raise ProtocolError(f"unknown JSON message type {kind!r}; expected 'control' or 'metadata'")
+
+
+def _decode_audio(payload: bytes) -> AudioIn:
+    if not payload:
+        raise ProtocolError("empty audio frame")
+    # sphn silently decodes garbage to nothing, so reject what cannot be an Ogg page here.
+    if not payload.startswith(_OGG_CAPTURE):
+        raise ProtocolError("audio frame is not an Ogg page (expected whole Ogg/Opus pages)")
+    return AudioIn(payload)
+
+
+def _decode_control(payload: bytes) -> ControlIn:
+    if len(payload) != 1:
+        raise ProtocolError(f"control frame needs exactly one byte, got {len(payload)}")
+    try:
+        return ControlIn(Control(payload[0]))
+    except ValueError:
+        raise ProtocolError(f"unknown control code 0x{payload[0]:02x}") from None
+
+
+def _decode_json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("payload is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("JSON payload must be an object")
+    return value
+
+
+def encode_audio(ogg: bytes) -> bytes:
+    return bytes([MsgType.AUDIO]) + ogg
+
+
+def encode_text(text: str) -> bytes:
+    return bytes([MsgType.TEXT]) + text.encode("utf-8")
+
+
+def encode_metadata(data: dict[str, Any]) -> bytes:
+    return bytes([MsgType.METADATA]) + json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def encode_error(message: str) -> bytes:
+    return bytes([MsgType.ERROR]) + message.encode("utf-8")
+
+
+def encode_ping() -> bytes:
+    return bytes([MsgType.PING])
+
+
+def encode_control(action: Control) -> bytes:
+    """Client-side helper (tests, scripts, benchmarks)."""
+    return bytes([MsgType.CONTROL, action])

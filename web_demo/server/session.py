@@ -1,0 +1,362 @@
+"""ChatSession: everything one /api/chat WebSocket owns.
+
+Data path, in the order bytes flow:
+  receive loop: 0x01 Ogg pages -> OpusStreamDecoder -> PCM 24 kHz -> turn buffer
+  end of turn:  PCM 24 kHz -> 16 kHz -> ReplyRequest -> reply task
+  reply task:   engine.reply() events -> paced (real time + send_ahead) -> outbox
+  write loop:   outbox -> OpusStreamEncoder (audio) -> ws.send_bytes; pings in silences
+
+Barge-in (a `start` while a reply runs) bumps the reply epoch: the write loop drops every
+queued item of older epochs, the reply task is cancelled (which cancels generation and
+vocoding inside the engine), and history keeps only the text that reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample, write_wav_atomic
+from utils.opus import OpusStreamDecoder, OpusStreamEncoder
+from web_demo.server import protocol
+from web_demo.server.config import SessionConfig
+from web_demo.server.engines.base import (
+    AudioDelta, HistoryTurn, ReplyRequest, S2SEngine, TextDelta, UserTranscript)
+from web_demo.server.errors import ProtocolError, ServingError
+from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
+
+logger = logging.getLogger(__name__)
+
+PROCESSING_TEXT = "[Processing...]"  # upstream's status frame; old clients display it
+PACE_SAMPLES_24K = 960  # reply audio leaves in 40 ms units, one Opus frame each
+
+
+@dataclass
+class ReplyProgress:
+    """What one reply has produced and, separately, what has actually reached the client."""
+    request: ReplyRequest
+    epoch: int
+    turn_ended_at: float  # loop time of the endTurn/pause that triggered the reply
+    user_text: str | None = None
+    produced_text: list[str] = field(default_factory=list)
+    sent_text: list[str] = field(default_factory=list)
+    sent_audio_24k: list[np.ndarray] = field(default_factory=list)  # only with save_audio
+    first_audio_at: float | None = None
+    first_text_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One outbox item. `epoch` None means session-level (errors, metadata)."""
+    frame: bytes | None = None  # a ready frame
+    pcm_24k: np.ndarray | None = None  # audio still to encode
+    epoch: int | None = None
+    text: str | None = None  # the text a 0x02 frame carries, for history
+
+
+class PlaybackClock:
+    """Models the client's playback buffer so reply audio leaves at real-time pace."""
+
+    def __init__(self, send_ahead_s: float) -> None:
+        self._send_ahead_s = send_ahead_s
+        self._buffer_end = 0.0  # loop time at which everything admitted so far has played
+
+    async def admit(self, seconds: float) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        self._buffer_end = max(self._buffer_end, loop_time)
+        wait = self._buffer_end - loop_time - self._send_ahead_s
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._buffer_end += seconds
+
+
+class ChatSession:
+    """One WebSocket conversation; created and closed by the /api/chat handler."""
+
+    def __init__(self, ws: web.WebSocketResponse, *, engine: S2SEngine, cfg: SessionConfig,
+                 extras: bool = False, session_id: str | None = None) -> None:
+        self.id = session_id or uuid.uuid4().hex[:12]
+        self._ws = ws
+        self._engine = engine
+        self._cfg = cfg
+        self._extras = extras  # opt-in 0x04 frames that old clients do not know
+        self._decoder = OpusStreamDecoder()
+        self._encoder = OpusStreamEncoder()
+        self._outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
+        self._recording = True  # from the handshake on, as upstream's client expects
+        self._turn_chunks_24k: list[np.ndarray] = []
+        self._turn_samples = 0
+        self._turn_overflowed = False
+        self._history: list[HistoryTurn] = []
+        self._system_prompt = cfg.default_system_prompt
+        self._turn_index = 0
+        self._epoch = 0
+        self._progress: ReplyProgress | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._cancelled_replies: set[asyncio.Task[None]] = set()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ---- lifetime -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serves the connection until the client leaves; always cleans up."""
+        self._writer_task = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        self._emit(Outgoing(frame=protocol.HANDSHAKE_FRAME))
+        try:
+            await self._receive_loop()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._interrupt_reply()
+        for task in list(self._cancelled_replies):
+            await _wait_cancelled(task)
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+            await _wait_cancelled(self._writer_task)
+        self._engine.end_session(self.id)
+
+    @property
+    def history(self) -> tuple[HistoryTurn, ...]:
+        return tuple(self._history)
+
+    # ---- receive: bytes -> PCM -> turn ------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        async for msg in self._ws:
+            try:
+                if msg.type is WSMsgType.BINARY:
+                    self._on_message(protocol.decode_binary(msg.data))
+                elif msg.type is WSMsgType.TEXT:
+                    self._on_message(protocol.decode_text(msg.data))
+                elif msg.type is WSMsgType.ERROR:
+                    logger.info("session %s: socket error %s", self.id, self._ws.exception())
+                    return
+            except ProtocolError as exc:
+                logger.info("session %s: bad frame: %s", self.id, exc)
+                self._send_error(f"bad frame: {exc}")
+
+    def _on_message(self, message: protocol.ClientMessage) -> None:
+        if isinstance(message, AudioIn):
+            self._on_audio(message.ogg)
+        elif isinstance(message, ControlIn):
+            self._on_control(message.action)
+        elif isinstance(message, MetadataIn):
+            self._on_metadata(message.data)
+        elif isinstance(message, Ignored):
+            logger.debug("session %s: ignored %s frame", self.id, message.kind.name)
+
+    def _on_audio(self, ogg: bytes) -> None:
+        # Decode even while not recording: the decoder is continuous for the connection.
+        pcm_24k = self._decoder.decode(ogg)
+        if not self._recording or len(pcm_24k) == 0:
+            return
+        room = int(self._cfg.max_turn_s * WIRE_SAMPLE_RATE) - self._turn_samples
+        if len(pcm_24k) > room:
+            pcm_24k = pcm_24k[:max(room, 0)]
+            if not self._turn_overflowed:
+                self._turn_overflowed = True
+                self._send_error(f"turn longer than {self._cfg.max_turn_s:g} s: "
+                                 "the rest of this turn is dropped; end the turn to get a reply")
+        self._turn_chunks_24k.append(pcm_24k)
+        self._turn_samples += len(pcm_24k)
+
+    def _on_control(self, action: Control) -> None:
+        logger.info("session %s: control %s", self.id, action.name)
+        if action is Control.START:
+            self._interrupt_reply()
+            self._start_recording()
+        elif action in (Control.PAUSE, Control.END_TURN):
+            if self._recording:
+                self._recording = False
+                self._end_turn()
+        elif action is Control.RESTART:
+            self._interrupt_reply()
+            self._history.clear()
+            self._start_recording()
+
+    def _on_metadata(self, data: dict[str, Any]) -> None:
+        if "system_prompt" in data:
+            prompt = data["system_prompt"]
+            if not isinstance(prompt, str):
+                raise ProtocolError("system_prompt must be a string")
+            self._system_prompt = prompt or self._cfg.default_system_prompt
+        if "extras" in data:
+            self._extras = bool(data["extras"])
+
+    def _start_recording(self) -> None:
+        self._recording = True
+        self._turn_chunks_24k, self._turn_samples, self._turn_overflowed = [], 0, False
+
+    def _end_turn(self) -> None:
+        chunks, self._turn_chunks_24k, self._turn_samples = self._turn_chunks_24k, [], 0
+        if not chunks:
+            logger.info("session %s: turn ended with no audio; nothing to answer", self.id)
+            return
+        pcm_16k = resample(np.concatenate(chunks), WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE)
+        self._interrupt_reply()  # a new turn supersedes an unfinished answer
+        keep = self._cfg.history_turns
+        request = ReplyRequest(
+            session_id=self.id, turn_index=self._turn_index, system_prompt=self._system_prompt,
+            history=tuple(self._history[-keep:]) if keep > 0 else (), user_audio_16k=pcm_16k)
+        self._turn_index += 1
+        self._epoch += 1
+        self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())
+        self._reply_task = asyncio.create_task(
+            self._reply(self._progress), name=f"reply-{self.id}-{request.turn_index}")
+
+    # ---- infer: engine events -> paced outbox -------------------------------------------
+
+    async def _reply(self, progress: ReplyProgress) -> None:
+        epoch = progress.epoch
+        clock = PlaybackClock(self._cfg.send_ahead_s)
+        self._emit(Outgoing(frame=protocol.encode_text(PROCESSING_TEXT), epoch=epoch))
+        try:
+            async for event in self._engine.reply(progress.request):
+                if isinstance(event, AudioDelta):
+                    await self._queue_audio(event.pcm_24k, clock, epoch)
+                elif isinstance(event, TextDelta):
+                    progress.produced_text.append(event.text)
+                    self._emit(Outgoing(frame=protocol.encode_text(event.text), epoch=epoch,
+                                        text=event.text))
+                elif isinstance(event, UserTranscript):
+                    progress.user_text = event.text
+                    self._emit_extra({"type": "transcript", "text": event.text}, epoch)
+        except ServingError as exc:
+            logger.warning("session %s: reply failed: %s", self.id, exc)
+            self._send_error(f"reply failed: {exc}" + (" (retry the turn)" if exc.retryable else ""))
+        except Exception:
+            logger.exception("session %s: reply crashed", self.id)
+            self._send_error("reply failed: internal error")
+        self._emit(Outgoing(epoch=epoch, text=None))  # marks the end for the writer
+        self._emit(Outgoing(frame=protocol.encode_text(
+            f"\n[Final: {''.join(progress.produced_text)}]"), epoch=epoch))
+
+    async def _queue_audio(self, pcm_24k: np.ndarray, clock: PlaybackClock, epoch: int) -> None:
+        for start in range(0, len(pcm_24k), PACE_SAMPLES_24K):
+            piece = pcm_24k[start:start + PACE_SAMPLES_24K]
+            await clock.admit(len(piece) / WIRE_SAMPLE_RATE)
+            self._emit(Outgoing(pcm_24k=piece, epoch=epoch))
+
+    def _interrupt_reply(self) -> None:
+        """Barge-in: stop the running reply at once and keep only what the client got.
+
+        A reply is running until the write loop has sent its last item, which can be after
+        the reply task itself has finished queueing.
+        """
+        task, self._reply_task = self._reply_task, None
+        if self._progress is None:
+            return
+        self._commit_progress()
+        self._epoch += 1  # the write loop now drops everything the old reply queued
+        if task is not None and not task.done():
+            task.cancel()
+            self._cancelled_replies.add(task)
+            task.add_done_callback(self._cancelled_replies.discard)
+
+    def _commit_progress(self) -> None:
+        progress, self._progress = self._progress, None
+        if progress is None:
+            return
+        self._history.append(HistoryTurn(
+            user_audio_16k=progress.request.user_audio_16k, user_text=progress.user_text,
+            assistant_text="".join(progress.sent_text)))
+        keep = max(self._cfg.history_turns, 0)
+        del self._history[:max(len(self._history) - keep, 0)]
+        if self._cfg.save_audio:
+            self._save_turn_audio(progress)
+
+    # ---- send: outbox -> encoder -> socket ----------------------------------------------
+
+    def _emit(self, item: Outgoing) -> None:
+        self._outbox.put_nowait(item)
+
+    def _emit_extra(self, data: dict[str, Any], epoch: int | None = None) -> None:
+        if self._extras:
+            self._emit(Outgoing(frame=protocol.encode_metadata(data), epoch=epoch))
+
+    def _send_error(self, message: str) -> None:
+        self._emit(Outgoing(frame=protocol.encode_error(message)))
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(self._outbox.get(), self._cfg.ping_interval_s)
+                except TimeoutError:
+                    await self._ws.send_bytes(protocol.encode_ping())
+                    continue
+                frame = self._render(item)
+                if frame:
+                    await self._ws.send_bytes(frame)
+        except (ConnectionResetError, RuntimeError) as exc:  # client gone mid-send
+            logger.info("session %s: send failed, client gone: %s", self.id, exc)
+
+    def _render(self, item: Outgoing | None) -> bytes | None:
+        """Turns an outbox item into the bytes to send, or None to drop it."""
+        if item is None:
+            return None
+        if item.epoch is not None and item.epoch != self._epoch:
+            return None  # belongs to an interrupted reply
+        progress = self._progress
+        now = asyncio.get_running_loop().time()
+        if item.pcm_24k is not None:
+            if progress is not None and progress.first_audio_at is None:
+                progress.first_audio_at = now
+            if progress is not None and self._cfg.save_audio:
+                progress.sent_audio_24k.append(item.pcm_24k)
+            ogg = self._encoder.encode(item.pcm_24k)
+            return protocol.encode_audio(ogg) if ogg else None
+        if item.text is not None and progress is not None:
+            progress.sent_text.append(item.text)
+            progress.first_text_at = progress.first_text_at or now
+        if item.frame is None:  # end-of-reply marker: flush audio, report, commit history
+            return self._finish_reply(progress)
+        return item.frame
+
+    def _finish_reply(self, progress: ReplyProgress | None) -> bytes | None:
+        tail = self._encoder.flush()
+        if progress is not None:
+            self._emit_extra(self._latency_report(progress), progress.epoch)
+            self._commit_progress()
+        return protocol.encode_audio(tail) if tail else None
+
+    def _latency_report(self, progress: ReplyProgress) -> dict[str, Any]:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - progress.turn_ended_at) * 1000, 1)
+
+        return {"type": "latency", "turn": progress.request.turn_index,
+                "first_audio_ms": ms(progress.first_audio_at),
+                "first_text_ms": ms(progress.first_text_at)}
+
+    def _save_turn_audio(self, progress: ReplyProgress) -> None:
+        stem = self._cfg.output_dir / f"{self.id}_turn{progress.request.turn_index}"
+        reply = (np.concatenate(progress.sent_audio_24k) if progress.sent_audio_24k
+                 else np.zeros(0, np.float32))
+        started = time.perf_counter()
+        write_wav_atomic(f"{stem}_input.wav", progress.request.user_audio_16k, MODEL_SAMPLE_RATE)
+        write_wav_atomic(f"{stem}_reply.wav", reply, WIRE_SAMPLE_RATE)
+        logger.info("session %s: saved turn audio to %s_*.wav (%.1f ms)", self.id, stem,
+                    (time.perf_counter() - started) * 1000)
+
+
+async def _wait_cancelled(task: asyncio.Task[None]) -> None:
+    """Awaits a task that was just cancelled, letting only its own cancellation pass."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    except Exception:
+        logger.exception("task %s failed while closing", task.get_name())
