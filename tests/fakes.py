@@ -98,3 +98,40 @@ class EchoHandler:
             raise ValueError("bad input on purpose")
         else:
             raise ValueError(f"unknown method {method!r}")
+
+
+class ToneTtsHandler:
+    """A TTS worker handler that streams 200 ms tone chunks slowly (time to kill it)."""
+
+    def __init__(self, *, chunk_delay_s: float = 0.1, chunks_per_sentence: int = 3) -> None:
+        self._delay = chunk_delay_s
+        self._chunks = chunks_per_sentence
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "tone", "device": "cpu", "pid": os.getpid()}
+
+    def handle(self, method: str, payload: Any) -> Iterator[Any]:
+        for _ in range(self._chunks):
+            time.sleep(self._delay)
+            yield _TONE_200MS
+
+
+@dataclass
+class FakeAsr:
+    """In-process AsrEngine that 'hears' a fixed sentence."""
+    name: str = "fake-asr"
+    text: str = "Tell me a story. Make it long. Please go on."
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def transcribe(self, pcm_16k: np.ndarray, *, language: str | None = None,
+                         hotwords: tuple[str, ...] = ()) -> Any:
+        from web_demo.server.engines.base import Transcription
+        return Transcription(self.text, "en", len(pcm_16k) / 16000)
+
+    def health(self) -> dict[str, Any]:
+        return {"model": "fake", "device": "cpu", "alive": True}

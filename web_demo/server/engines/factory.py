@@ -67,7 +67,8 @@ def _build_cascade(cfg: ServerConfig) -> S2SEngine:
         responder = OpenAIChatResponder(base_url=cfg.llm_url, model=cfg.llm_model,
                                         api_key=cfg.llm_api_key or os.environ.get("LLM_API_KEY"))
     return CascadeEngine(
-        asr=WorkerAsrEngine(model_dir=cfg.asr_model, device=cfg.asr_device, cfg=cfg.workers),
+        asr=WorkerAsrEngine(init_kwargs={"model_dir": cfg.asr_model, "device": cfg.asr_device},
+                            cfg=cfg.workers),
         responder=responder,
-        tts=WorkerTtsEngine(voice=cfg.tts_voice, cfg=cfg.workers),
+        tts=WorkerTtsEngine(init_kwargs={"voice": cfg.tts_voice}, cfg=cfg.workers),
         language=cfg.asr_language)

@@ -16,12 +16,11 @@ from web_demo.server.workers.supervisor import WorkerSupervisor
 class WorkerAsrEngine:
     """Transcribes in a worker running FasterWhisperHandler (or any "transcribe" handler)."""
 
-    def __init__(self, *, name: str = "asr", model_dir: str | None = None, device: str = "auto",
+    def __init__(self, *, name: str = "asr", init_kwargs: dict[str, Any],
+                 handler: str = "web_demo.server.workers.asr_worker:FasterWhisperHandler",
                  cfg: WorkerConfig = WorkerConfig()) -> None:
         self.name = name
-        self._worker = WorkerSupervisor(
-            name=name, handler="web_demo.server.workers.asr_worker:FasterWhisperHandler",
-            init_kwargs={"model_dir": model_dir, "device": device}, cfg=cfg)
+        self._worker = WorkerSupervisor(name=name, handler=handler, init_kwargs=init_kwargs, cfg=cfg)
 
     @property
     def worker(self) -> WorkerSupervisor:
@@ -49,12 +48,11 @@ class WorkerTtsEngine:
 
     sample_rate = WIRE_SAMPLE_RATE
 
-    def __init__(self, *, name: str = "tts", voice: str = "en-us",
+    def __init__(self, *, name: str = "tts", init_kwargs: dict[str, Any],
+                 handler: str = "web_demo.server.workers.tts_worker:EspeakHandler",
                  cfg: WorkerConfig = WorkerConfig()) -> None:
         self.name = name
-        self._worker = WorkerSupervisor(
-            name=name, handler="web_demo.server.workers.tts_worker:EspeakHandler",
-            init_kwargs={"voice": voice}, cfg=cfg)
+        self._worker = WorkerSupervisor(name=name, handler=handler, init_kwargs=init_kwargs, cfg=cfg)
 
     @property
     def worker(self) -> WorkerSupervisor:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system packages for the CPU engines, then .venv with pinned packages.
+#   scripts/setup.sh            CPU path (what CI and the tests use)
+#   GPU=1 scripts/setup.sh      also installs requirements-gpu.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+APT_PACKAGES=(espeak-ng flite libsndfile1)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[setup] installing system packages: ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "[setup] MISSING system packages: ${missing[*]}" >&2
+        echo "[setup] run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt ${GPU:+requirements-gpu.txt} | sha256sum | cut -d' ' -f1)
+if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+    echo "[setup] .venv is up to date"
+    exit 0
+fi
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+echo "[setup] installing Python packages into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+if [[ -n "${GPU:-}" ]]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-gpu.txt
+fi
+echo "$want" > "$stamp"
+echo "[setup] done"

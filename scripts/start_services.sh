@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Starts the services in the background (nohup). PID files go to run/, logs to logs/.
+#   scripts/start_services.sh                 S2S server on :8002 (engine auto)
+#   S2S_PORT=9002 ENGINE=cascade scripts/start_services.sh --llm-url http://host:8000/v1
+# Extra arguments are passed to the S2S server. Stop with scripts/stop_services.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+scripts/setup.sh
+mkdir -p run logs
+
+S2S_PORT="${S2S_PORT:-8002}"
+ENGINE="${ENGINE:-auto}"
+HOST="${HOST:-0.0.0.0}"
+
+start() {  # name, then the command
+    local name=$1; shift
+    local pidfile="run/$name.pid"
+    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "[start] $name already running (pid $(cat "$pidfile"))"
+        return
+    fi
+    PYTHONPATH="$ROOT" nohup "$@" >"logs/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    echo "[start] $name started (pid $!), log: logs/$name.log"
+}
+
+wait_healthy() {  # name, port
+    local name=$1 port=$2
+    for _ in $(seq 1 600); do
+        if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+            echo "[start] $name healthy: http://127.0.0.1:$port/health"
+            return 0
+        fi
+        if ! kill -0 "$(cat "run/$name.pid")" 2>/dev/null; then
+            echo "[start] $name EXITED; last log lines:" >&2
+            tail -20 "logs/$name.log" >&2
+            return 1
+        fi
+        sleep 1
+    done
+    echo "[start] $name not healthy after 600 s; see logs/$name.log" >&2
+    return 1
+}
+
+start s2s .venv/bin/python -m web_demo.server.server --host "$HOST" --port "$S2S_PORT" --engine "$ENGINE" "$@"
+wait_healthy s2s "$S2S_PORT"
+grep -m1 "engine:" "logs/s2s.log" || true
+echo
+echo "  S2S (WebSocket): ws://$HOST:$S2S_PORT/api/chat"
+echo "  Web demo:        http://$HOST:$S2S_PORT/"
+echo "  Health:          http://$HOST:$S2S_PORT/health"
+echo "  Try it:          .venv/bin/python scripts/test_deployment.py --port $S2S_PORT"

@@ -1,0 +1,106 @@
+"""The cascade engine inside the real app: worker failure handling and the real LLM client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from tests.chat_client import tone_pages
+from tests.fakes import FakeAsr
+from tests.integration.test_workers import FAST, wait_until
+from web_demo.server.engines.base import HistoryTurn, ReplyRequest
+from web_demo.server.engines.cascade import CascadeEngine, sentences
+from web_demo.server.engines.local import WorkerTtsEngine
+from web_demo.server.engines.responder import EchoResponder, OpenAIChatResponder
+from web_demo.server.errors import EngineError
+
+PAGES = tone_pages(0.5)
+
+
+def tone_cascade(chunk_delay_s: float = 0.1) -> tuple[CascadeEngine, WorkerTtsEngine]:
+    tts = WorkerTtsEngine(handler="tests.fakes:ToneTtsHandler", cfg=FAST,
+                          init_kwargs={"chunk_delay_s": chunk_delay_s, "chunks_per_sentence": 5})
+    return CascadeEngine(asr=FakeAsr(), responder=EchoResponder(), tts=tts), tts
+
+
+@pytest.mark.slow
+async def test_tts_worker_sigkill_mid_turn(chat_server) -> None:
+    engine, tts = tone_cascade()
+    client, connect = await chat_server(engine)
+    victim, bystander = await connect(), await connect()
+    await victim.turn(PAGES)
+    started = await victim.receive_for(0.8)
+    assert started.audio_pages, "the reply should be streaming when the worker dies"
+    os.kill(tts.worker.pid, signal.SIGKILL)
+    reply = await victim.receive_reply()
+    assert any("tts worker died" in e and "retry" in e for e in reply.errors), reply.errors
+    health = await (await client.get("/health")).json()
+    assert health["status"] in ("degraded", "ok")
+    await wait_until(lambda: tts.worker.alive)
+    assert tts.worker.health()["restarts"] == 1
+    for chat in (victim, bystander):  # next turns work; the bystander never noticed
+        await chat.turn(PAGES)
+        reply = await chat.receive_reply()
+        assert reply.errors == [] and len(reply.audio_pages) > 10
+    assert (await (await client.get("/health")).json())["status"] == "ok"
+
+
+async def test_sentences_regroups_stream() -> None:
+    async def pieces():
+        for p in ["Hel", "lo there. How", " are you? Fine", "\nBye"]:
+            yield p
+
+    assert [s async for s in sentences(pieces())] == ["Hello there. ", "How are you? ", "Fine\n", "Bye"]
+
+
+async def test_openai_responder_streams_and_sends_history(aiohttp_server) -> None:
+    seen: list[dict] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        seen.append(await request.json())
+        assert request.headers["Authorization"] == "Bearer k"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ["Paris ", "is the ", "capital."]:
+            event = {"choices": [{"delta": {"content": piece}}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    server = await aiohttp_server(app)
+    responder = OpenAIChatResponder(base_url=str(server.make_url("/v1")), model="m", api_key="k")
+    await responder.start()
+    try:
+        request = ReplyRequest("s", 1, "Be brief.", (HistoryTurn(np.zeros(1), "hi", "hello"),), np.zeros(1))
+        text = "".join([p async for p in responder.respond(request, "capital of France?")])
+    finally:
+        await responder.aclose()
+    assert text == "Paris is the capital."
+    assert seen[0]["stream"] is True and seen[0]["model"] == "m"
+    assert [m["role"] for m in seen[0]["messages"]] == ["system", "user", "assistant", "user"]
+    assert seen[0]["messages"][-1]["content"] == "capital of France?"
+
+
+async def test_openai_responder_http_error_is_engine_error(aiohttp_server) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": "overloaded"}, status=503)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", broken)
+    server = await aiohttp_server(app)
+    responder = OpenAIChatResponder(base_url=str(server.make_url("/v1")), model="m")
+    await responder.start()
+    try:
+        with pytest.raises(EngineError, match="HTTP 503") as info:
+            async for _ in responder.respond(ReplyRequest("s", 0, None, (), np.zeros(1)), "hi"):
+                pass
+        assert info.value.retryable
+    finally:
+        await responder.aclose()
