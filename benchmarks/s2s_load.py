@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Load test of /api/chat: N concurrent browser-like clients against the loopback engine.
+
+Each client replays pre-encoded Ogg/Opus speech at real-time pace (20 ms frames, 2 per page,
+as the browser sends), ends the turn, and receives the reply, for several turns. Reported
+per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames, and
+errors; then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the
+same machine (start it yourself and pass --url to measure another deployment).
+
+    python benchmarks/s2s_load.py --sessions 10,50,100,150 --turns 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample  # noqa: E402
+from utils.opus import encode_browser_pages  # noqa: E402
+from web_demo.server.protocol import Control, MsgType, encode_control  # noqa: E402
+
+GAP_TARGET_MS = 100.0
+PAGE_S = 0.04  # 2 x 20 ms Opus frames per page
+
+
+@dataclass
+class ClientStats:
+    first_audio_ms: list[float] = field(default_factory=list)
+    gaps_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def speak(ws: aiohttp.ClientWebSocketResponse, pages: list[bytes]) -> None:
+    """Sends pages on a fixed real-time schedule (no drift from sleep overshoot)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i, page in enumerate(pages):
+        await ws.send_bytes(bytes([MsgType.AUDIO]) + page)
+        await asyncio.sleep(max(0.0, t0 + (i + 1) * PAGE_S - loop.time()))
+
+
+async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], turns: int,
+                     stats: ClientStats, start_delay_s: float) -> None:
+    await asyncio.sleep(start_delay_s)  # stagger connections like real users
+    try:
+        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=10)) as ws:
+            await ws.receive(timeout=30)  # handshake
+            for _ in range(turns):
+                await ws.send_bytes(encode_control(Control.START))
+                await speak(ws, pages)
+                await ws.send_bytes(encode_control(Control.END_TURN))
+                await receive_reply(ws, time.perf_counter(), stats)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        stats.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+async def receive_reply(ws: aiohttp.ClientWebSocketResponse, turn_ended: float,
+                        stats: ClientStats) -> None:
+    last_audio: float | None = None
+    while True:
+        msg = await ws.receive(timeout=60)
+        now = time.perf_counter()
+        if msg.type is not aiohttp.WSMsgType.BINARY:
+            stats.errors.append(f"socket closed mid-reply: {msg.type.name}")
+            return
+        kind = msg.data[0]
+        if kind == MsgType.AUDIO:
+            if last_audio is None:
+                stats.first_audio_ms.append((now - turn_ended) * 1000)
+            else:
+                stats.gaps_ms.append((now - last_audio) * 1000)
+            last_audio = now
+        elif kind == MsgType.ERROR:
+            stats.errors.append(msg.data[1:].decode())
+        elif kind == MsgType.TEXT and msg.data[1:].startswith(b"\n[Final:"):
+            return
+
+
+async def run_level(url: str, n: int, pages: list[bytes], turns: int) -> dict:
+    stats = [ClientStats() for _ in range(n)]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(http, url, pages, turns, s, start_delay_s=i * 2.0 / n)
+                               for i, s in enumerate(stats)))
+        wall = time.perf_counter() - started
+    first = np.array([x for s in stats for x in s.first_audio_ms])
+    gaps = np.array([x for s in stats for x in s.gaps_ms])
+    errors = [e for s in stats for e in s.errors]
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(a, q)), 1) if len(a) else None
+
+    return {"sessions": n, "turns": len(first), "first_audio_p50_ms": pct(first, 50),
+            "first_audio_p99_ms": pct(first, 99), "gap_p50_ms": pct(gaps, 50),
+            "gap_p99_ms": pct(gaps, 99), "gap_max_ms": pct(gaps, 100), "errors": len(errors),
+            "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1)}
+
+
+def start_server(max_sessions: int, send_ahead: float) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "web_demo.server.server", "--engine", "loopback", "--host",
+         "127.0.0.1", "--port", str(port), "--max-sessions", str(max_sessions),
+         "--send-ahead", str(send_ahead), "--log-level", "WARNING"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return process, f"ws://127.0.0.1:{port}/api/chat"
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["sessions", "turns", "first_audio_p50_ms", "first_audio_p99_ms", "gap_p50_ms",
+            "gap_p99_ms", "gap_max_ms", "errors", "wall_s"]
+    print(" | ".join(f"{c:>18}" for c in cols))
+    for row in rows:
+        print(" | ".join(f"{str(row[c]):>18}" for c in cols))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", default="10,50,100,150", help="comma-separated N values")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--wav", type=Path, default=ROOT / "tests/fixtures/speech/fox.wav")
+    p.add_argument("--url", help="ws://host:port/api/chat of a running loopback server")
+    p.add_argument("--send-ahead", type=float, default=0.5)
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/s2s_load.json")
+    a = p.parse_args(argv)
+    levels = [int(x) for x in a.sessions.split(",")]
+    pcm, rate = read_wav(a.wav)
+    pages = encode_browser_pages(resample(pcm, rate, WIRE_SAMPLE_RATE))
+    process = None
+    url = a.url
+    if url is None:
+        process, url = start_server(max(levels), a.send_ahead)
+    try:
+        rows = []
+        for n in levels:
+            rows.append(asyncio.run(run_level(url, n, pages, a.turns)))
+            print(f"N={n}: {rows[-1]}", file=sys.stderr)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+    print(f"\n/api/chat load, loopback engine, {os.cpu_count()} cores, load generator on the "
+          f"same machine, {len(pages) * PAGE_S:.1f} s turns x {a.turns}")
+    print_table(rows)
+    ok = [r["sessions"] for r in rows if r["gap_p99_ms"] is not None
+          and r["gap_p99_ms"] < GAP_TARGET_MS and r["errors"] == 0]
+    print(f"\nlargest N with p99 gap < {GAP_TARGET_MS:.0f} ms and no errors: {max(ok) if ok else 'none'}")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"rows": rows, "largest_ok": max(ok) if ok else None}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
