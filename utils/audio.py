@@ -22,13 +22,12 @@ WIRE_SAMPLE_RATE = 24_000  # Opus on the WebSocket, CosyVoice3 output
 def as_mono_float32(pcm: np.ndarray) -> np.ndarray:
     """[T] or [T, C] of any numeric dtype -> float32 [T] (channels averaged)."""
     pcm = np.asarray(pcm)
-    if pcm.ndim == 2:
-        pcm = pcm.mean(axis=1)
-    if pcm.ndim != 1:
+    if pcm.ndim not in (1, 2):
         raise ValueError(f"expected PCM of shape [T] or [T, C], got {pcm.shape}")
     if np.issubdtype(pcm.dtype, np.integer):
-        scale = float(np.iinfo(pcm.dtype).max) + 1.0
-        return (pcm.astype(np.float32) / scale).astype(np.float32)
+        pcm = pcm.astype(np.float32) / (float(np.iinfo(pcm.dtype).max) + 1.0)
+    if pcm.ndim == 2:
+        pcm = pcm.mean(axis=1)
     return np.ascontiguousarray(pcm, dtype=np.float32)
 
 
