@@ -1,0 +1,224 @@
+"""Continuous batching across sessions in one background thread.
+
+Each loop iteration: apply cancellations, prefill at most ``prefills_per_step`` new turns (they
+join the batch right after), then run one decode step for every active session together.
+Results go to each turn's ``TurnHandle``: a blocking iterator, or, when ``submit`` is called
+from a running event loop, an async iterator fed through ``loop.call_soon_threadsafe`` so the
+loop never blocks on model work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterator
+
+from .decoding import DecodeBatch, StepResult, TurnRow
+from .generation import Mode
+from .loading import FunAudioChatRuntime
+from .sampling import SamplingParams
+from .session import ConversationState, UserTurn, start_turn
+
+logger = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream sentinel
+
+
+class TurnHandle:
+    """The stream of one submitted turn. Iterate it (sync or async) and ``cancel()`` at will."""
+
+    def __init__(self, scheduler: Scheduler, on_step: Callable[[StepResult], None] | None) -> None:
+        self._scheduler = scheduler
+        self._on_step = on_step
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._sync: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._async: asyncio.Queue[object] | None = asyncio.Queue() if self._loop else None
+        self.done = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the turn before its next step; its decode cache is freed by the scheduler."""
+        self._scheduler._request_cancel(self)
+
+    def _deliver(self, item: object) -> None:
+        """Called on the scheduler thread."""
+        if isinstance(item, StepResult) and self._on_step is not None:
+            self._on_step(item)
+        if item is _END or isinstance(item, BaseException):
+            self.done.set()
+        if self._loop is not None and self._async is not None:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+        else:
+            self._sync.put(item)
+
+    def __iter__(self) -> Iterator[StepResult]:
+        if self._loop is not None:
+            raise RuntimeError("this handle was submitted from an event loop; use 'async for'")
+        while (item := self._sync.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, StepResult)
+            yield item
+
+    async def __aiter__(self) -> AsyncIterator[StepResult]:
+        if self._async is None:
+            raise RuntimeError("this handle was submitted outside an event loop; iterate it normally")
+        while (item := await self._async.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, StepResult)
+            yield item
+
+
+@dataclass
+class _Request:
+    state: ConversationState
+    turn: UserTurn
+    params: SamplingParams
+    speech: bool
+    handle: TurnHandle
+
+
+class Scheduler:
+    """Owns the decode batches; the only thread that runs the model once started."""
+
+    def __init__(self, runtime: FunAudioChatRuntime, *, max_batch: int = 32, prefills_per_step: int = 1) -> None:
+        self.runtime = runtime
+        self.max_batch, self.prefills_per_step = max_batch, prefills_per_step
+        self._cond = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._cancels: list[TurnHandle] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._batches = {True: DecodeBatch(runtime, speech=True), False: DecodeBatch(runtime, speech=False)}
+        self._active: dict[int, tuple[TurnRow, _Request]] = {}  # id(row) -> row, request
+
+    # -- public ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("scheduler already started")
+        self._thread = threading.Thread(target=self._run, name="funaudiochat-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Cancel everything and join the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def submit(
+        self,
+        state: ConversationState,
+        turn: UserTurn,
+        params: SamplingParams | None = None,
+        *,
+        mode: Mode = "s2s",
+        on_step: Callable[[StepResult], None] | None = None,
+    ) -> TurnHandle:
+        """Queue a turn. ``on_step`` (optional) runs on the scheduler thread for every step."""
+        if mode not in ("s2s", "s2t"):
+            raise ValueError(f"mode must be 's2s' or 's2t', not {mode!r}")
+        handle = TurnHandle(self, on_step)
+        with self._cond:
+            if self._stopping or self._thread is None:
+                raise RuntimeError("scheduler is not running")
+            if state.busy or any(r.state is state for r in self._pending):
+                raise RuntimeError("this conversation already has a turn in progress")
+            self._pending.append(_Request(state, turn, params or SamplingParams(), mode == "s2s", handle))
+            self._cond.notify()
+        return handle
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    # -- scheduler thread --------------------------------------------------------------------
+    def _request_cancel(self, handle: TurnHandle) -> None:
+        with self._cond:
+            self._cancels.append(handle)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stopping or self._pending or self._cancels or self._active):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                cancels, self._cancels = self._cancels, []
+                room = max(0, self.max_batch - len(self._active))
+                admitted = [self._pending.popleft() for _ in range(min(room, self.prefills_per_step, len(self._pending)))]
+                for h in cancels:  # cancelled before admission: drop from the queue
+                    for r in [r for r in self._pending if r.handle is h]:
+                        self._pending.remove(r)
+                        h._deliver(_END)
+            self._apply_cancels(cancels)
+            for req in admitted:
+                self._admit(req)
+            for batch in self._batches.values():
+                if len(batch):
+                    self._step(batch)
+        self._shutdown()
+
+    def _apply_cancels(self, handles: list[TurnHandle]) -> None:
+        for key, (row, req) in list(self._active.items()):
+            if req.handle in handles:
+                self._batches[row.speech].remove(row)
+                self._finish(key, req)
+
+    def _admit(self, req: _Request) -> None:
+        try:
+            prepared = start_turn(self.runtime, req.state, req.turn, req.params, speech=req.speech)
+        except Exception as exc:  # a bad request must not take the scheduler down
+            logger.exception("prefill failed")
+            req.state.busy = False
+            req.handle._deliver(exc)
+            return
+        key = id(prepared.row)
+        self._active[key] = (prepared.row, req)
+        req.handle._deliver(prepared.first)
+        if prepared.row.finished:
+            self._finish(key, req)
+        else:
+            self._batches[req.speech].add(prepared.row, prepared.lm_cache, prepared.crq_cache)
+
+    def _step(self, batch: DecodeBatch) -> None:
+        rows = list(batch.rows)
+        try:
+            results = batch.step()
+        except Exception as exc:
+            logger.exception("decode step failed; ending %d turns", len(rows))
+            self._batches[batch.speech] = DecodeBatch(self.runtime, speech=batch.speech)
+            for row in rows:
+                _, req = self._active[id(row)]
+                req.handle._deliver(exc)
+                self._finish(id(row), req, deliver_end=False)
+            return
+        for row, result in zip(rows, results):
+            _, req = self._active[id(row)]
+            req.handle._deliver(result)
+            if result.finished:
+                self._finish(id(row), req)
+
+    def _finish(self, key: int, req: _Request, *, deliver_end: bool = True) -> None:
+        del self._active[key]
+        req.state.finish_turn()
+        if deliver_end:
+            req.handle._deliver(_END)
+
+    def _shutdown(self) -> None:
+        for key, (row, req) in list(self._active.items()):
+            self._batches[row.speech].remove(row)
+            self._finish(key, req)
+        for req in self._pending:
+            req.handle._deliver(_END)
+        self._pending.clear()
