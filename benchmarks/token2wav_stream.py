@@ -1,0 +1,172 @@
+"""Streaming token2wav cost per second of audio, by mode and reply length.
+
+    python benchmarks/token2wav_stream.py                      # tiny golden model, CPU
+    python benchmarks/token2wav_stream.py --full-size-random --device cuda --dtype float16
+
+Each run pushes random speech tokens one at a time (as the LLM emits them) into a fresh
+stream, then finalizes it. Times are compute only (tokens are available instantly):
+- cost_ms_per_s: total compute / seconds of audio produced (= RTF x 1000);
+- first_chunk_ms: compute until the first non-empty chunk; first_chunk_tokens: tokens the
+  stream needed before it (at 25 tokens/s from the LLM that is the arrival wait);
+- last_chunk_ms_per_s: cost of the reply's last full hop per second of audio it produced,
+  which shows how per-chunk cost grows with the prefix.
+Prints a table and writes JSON under benchmarks/results/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from utils.cosyvoice3.config import flow_config_from_tree, hift_config_from_tree, load_json_tree  # noqa: E402
+from utils.cosyvoice3.loading import build_modules, place  # noqa: E402
+from utils.cosyvoice3.noise import build_noise  # noqa: E402
+from utils.cosyvoice3.streaming import StreamMode, Token2Wav  # noqa: E402
+
+logger = logging.getLogger("token2wav_bench")
+
+FIXTURES = ROOT / "tests" / "fixtures" / "cosyvoice3"
+TOKEN_RATE = 25
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Result:
+    mode: str
+    reply_s: float
+    audio_s: float
+    chunks: int
+    first_chunk_tokens: int
+    first_chunk_ms: float
+    total_s: float
+    cost_ms_per_s: float
+    last_chunk_ms_per_s: float
+    rtf: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_model(args: argparse.Namespace) -> Token2Wav:
+    dtype = _DTYPES[args.dtype]
+    if not args.full_size_random:
+        return Token2Wav.from_model_dir(args.model_dir, device=args.device, dtype=dtype, left_chunks=args.left_chunks)
+    flow_cfg = flow_config_from_tree(load_json_tree(FIXTURES / "config" / "real_flow_config.json"))
+    hift_cfg = hift_config_from_tree(load_json_tree(FIXTURES / "config" / "real_hift_config.json"))
+    flow, hift = build_modules(flow_cfg, hift_cfg, build_noise(flow_cfg, hift_cfg))
+    hift.fold_weight_norm()
+    place(flow, hift, torch.device(args.device), dtype)
+    if args.left_chunks is not None:
+        flow.set_left_chunks(args.left_chunks)
+    return Token2Wav(flow, hift)
+
+
+def run_one(model: Token2Wav, mode: str, reply_s: float, embedding: np.ndarray, seed: int) -> Result:
+    tokens = np.random.default_rng(seed).integers(0, 6561, int(reply_s * TOKEN_RATE)).tolist()
+    device = model.device
+    stream = model.new_stream(mode, embedding=embedding)
+    # per non-empty chunk: (tokens pushed, seconds of that call, samples, compute so far)
+    timeline: list[tuple[int, float, int, float]] = []
+    spent = 0.0
+    for i, token in enumerate([*tokens, None]):
+        _sync(device)
+        start = time.perf_counter()
+        pcm = stream.push([token]) if token is not None else stream.finalize()
+        _sync(device)
+        took = time.perf_counter() - start
+        spent += took
+        if pcm.size:
+            timeline.append((min(i + 1, len(tokens)), took, pcm.size, spent))
+    rate = model.sample_rate
+    audio_s = sum(entry[2] for entry in timeline) / rate
+    first_tokens, _, _, first_spent = timeline[0]
+    hops = timeline[:-1] or timeline  # the final call can be a short tail; use the last hop
+    _, last_t, last_n, _ = hops[-1]
+    return Result(mode=mode, reply_s=reply_s, audio_s=round(audio_s, 3), chunks=len(timeline),
+                  first_chunk_tokens=first_tokens, first_chunk_ms=round(1000 * first_spent, 2),
+                  total_s=round(spent, 4),
+                  cost_ms_per_s=round(1000 * spent / audio_s, 2),
+                  last_chunk_ms_per_s=round(1000 * last_t / (last_n / rate), 2), rtf=round(spent / audio_s, 4))
+
+
+def print_table(results: list[Result]) -> str:
+    header = ("mode", "reply_s", "audio_s", "chunks", "first_tok", "first_ms", "total_s",
+              "ms/audio_s", "last_hop_ms/s", "RTF")
+    rows = [(r.mode, f"{r.reply_s:g}", f"{r.audio_s:.2f}", str(r.chunks), str(r.first_chunk_tokens),
+             f"{r.first_chunk_ms:.1f}", f"{r.total_s:.2f}", f"{r.cost_ms_per_s:.1f}",
+             f"{r.last_chunk_ms_per_s:.1f}", f"{r.rtf:.3f}") for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "-|-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def growth(results: list[Result]) -> dict[str, float]:
+    """cost per audio second at the longest reply / at the shortest, per mode."""
+    out = {}
+    for mode in {r.mode for r in results}:
+        rs = sorted((r for r in results if r.mode == mode), key=lambda r: r.reply_s)
+        out[mode] = round(rs[-1].cost_ms_per_s / rs[0].cost_ms_per_s, 3)
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=FIXTURES / "tiny_model")
+    p.add_argument("--full-size-random", action="store_true", help="real-size configs with random weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    p.add_argument("--durations", type=float, nargs="+", default=[5, 15, 30], help="reply lengths in seconds")
+    p.add_argument("--modes", nargs="+", default=[m.value for m in StreamMode], choices=[m.value for m in StreamMode])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup-s", type=float, default=2.0, help="reply length of the untimed warm-up run per mode")
+    p.add_argument("--left-chunks", type=int, help="override num_decoding_left_chunks (-1: all, as released)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    model = load_model(args)
+    embedding = np.random.default_rng(2).standard_normal(192).astype(np.float32)
+    for mode in args.modes:  # warm-up: first calls pay for kernel selection and allocation
+        run_one(model, mode, args.warmup_s, embedding, seed=99)
+    results = [run_one(model, mode, d, embedding, seed=i)
+               for mode in args.modes for i, d in enumerate(args.durations)]
+    table = print_table(results)
+    ratios = growth(results)
+    logger.info("%s\n\ncost per audio second, longest / shortest reply: %s", table, ratios)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "token2wav_stream_" + ("full_random" if args.full_size_random else "tiny") + f"_{args.device.replace(':', '')}"
+    path = args.out / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
+    path.write_text(json.dumps({
+        "model": "full-size random" if args.full_size_random else str(args.model_dir),
+        "device": args.device, "dtype": args.dtype, "threads": args.threads, "left_chunks": args.left_chunks,
+        "torch": torch.__version__, "machine": platform.machine(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device.startswith("cuda") else None,
+        "results": [asdict(r) for r in results], "cost_growth_longest_vs_shortest": ratios,
+    }, indent=1))
+    logger.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""DiT velocity estimator of the CosyVoice3 flow (spec section 5).
+
+Module and parameter names follow upstream's checkpoint keys
+(`decoder.estimator.<name>`), so the release state_dict loads strictly.
+
+The estimator runs in two ways with one code path:
+- over a whole sequence with a full or static-chunk attention mask (upstream behaviour);
+- over one attention chunk at a time with a `DiTCache` that keeps, per layer, the keys
+  and values of earlier chunks plus the tails of the causal positional convs. Under the
+  static chunk mask a chunk only sees earlier chunks and itself, so chunk-by-chunk
+  evaluation gives the same result as the masked whole-sequence call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiTConfig
+
+_POS_KERNEL = 31
+_POS_GROUPS = 16
+
+
+class KVCache:
+    """Keys and values of one attention layer, grown in place (amortised doubling).
+
+    Frames before `first_visible` (upstream's `num_decoding_left_chunks` limit) are
+    dropped, which bounds the memory of a long reply when that limit is set.
+    """
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None  # [B, H, capacity, d]
+        self._v: torch.Tensor | None = None
+        self._lo = self._hi = 0  # visible frames are buffer[:, :, lo:hi]
+        self.length = 0  # frames appended in total (absolute index of the next frame)
+
+    @property
+    def visible(self) -> int:
+        """Frames currently held (and attended to)."""
+        return self._hi - self._lo
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, first_visible: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add [B, H, n, d] keys/values; return views over frames first_visible.. so far."""
+        n = k.shape[2]
+        self._lo = max(self._lo, self._hi - (self.length - first_visible))
+        if self._k is None or self._v is None or self._hi + n > self._k.shape[2]:
+            visible = self._hi - self._lo
+            new_k = k.new_empty(k.shape[0], k.shape[1], max(2 * (visible + n), 64), k.shape[3])
+            new_v = v.new_empty(new_k.shape)
+            if self._k is not None and self._v is not None:
+                new_k[:, :, :visible] = self._k[:, :, self._lo:self._hi]
+                new_v[:, :, :visible] = self._v[:, :, self._lo:self._hi]
+            self._k, self._v, self._lo, self._hi = new_k, new_v, 0, visible
+        self._k[:, :, self._hi:self._hi + n] = k
+        self._v[:, :, self._hi:self._hi + n] = v
+        self._hi += n
+        self.length += n
+        return self._k[:, :, self._lo:self._hi], self._v[:, :, self._lo:self._hi]
+
+
+@dataclass
+class DiTCache:
+    """Everything one estimator needs from earlier chunks of the same ODE step."""
+
+    layers: list[KVCache]
+    pos_tails: list[torch.Tensor | None] = field(default_factory=lambda: [None, None])
+    length: int = 0  # frames already processed (= RoPE position of the next frame)
+
+    @classmethod
+    def empty(cls, depth: int) -> DiTCache:
+        return cls(layers=[KVCache() for _ in range(depth)])
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features of 1000*t followed by a two-layer MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        assert t.dim() == 1, f"t must be [B], got {tuple(t.shape)}"
+        half = self.freq_dim // 2
+        step = math.log(10000) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=t.device).float() * -step)
+        angles = 1000 * t.float().unsqueeze(1) * freqs.unsqueeze(0)  # [B, half]
+        feats = torch.cat((angles.sin(), angles.cos()), dim=-1).to(t.dtype)  # [B, 256]
+        return self.time_mlp(feats)
+
+
+class CausalConvPositionEmbedding(nn.Module):
+    """Two left-padded grouped convs with Mish; the tails make it chunkable."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv1d(dim, dim, _POS_KERNEL, groups=_POS_GROUPS), nn.Mish())
+        self.conv2 = nn.Sequential(nn.Conv1d(dim, dim, _POS_KERNEL, groups=_POS_GROUPS), nn.Mish())
+
+    def forward(self, x: torch.Tensor, cache: DiTCache | None) -> torch.Tensor:
+        h = x.transpose(1, 2)  # [B, T, D] -> [B, D, T]
+        for i, conv in enumerate((self.conv1, self.conv2)):
+            h = conv(self._with_history(h, cache, i))
+        return h.transpose(1, 2)  # [B, D, T] -> [B, T, D]
+
+    @staticmethod
+    def _with_history(h: torch.Tensor, cache: DiTCache | None, i: int) -> torch.Tensor:
+        keep = _POS_KERNEL - 1
+        tail = None if cache is None else cache.pos_tails[i]
+        if tail is None:
+            tail = h.new_zeros(h.shape[0], h.shape[1], keep)
+        padded = torch.cat([tail, h], dim=2)
+        if cache is not None:
+            cache.pos_tails[i] = padded[:, :, -keep:]
+        return padded
+
+
+class InputEmbedding(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cfg.mel_dim * 2 + cfg.mu_dim + cfg.spk_dim, cfg.dim)
+        self.conv_pos_embed = CausalConvPositionEmbedding(cfg.dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor,
+                cache: DiTCache | None) -> torch.Tensor:
+        spk_rows = spks.unsqueeze(1).expand(-1, x.shape[1], -1)  # [B, S] -> [B, T, S]
+        h = self.proj(torch.cat([x, cond, mu, spk_rows], dim=-1))
+        return self.conv_pos_embed(h, cache) + h
+
+
+class RotaryEmbedding(nn.Module):
+    """Interleaved-pair RoPE over the first `dim_head` channels of q/k.
+
+    Upstream applies it before the head split, so only head 0 is rotated; we keep that.
+    """
+
+    def __init__(self, dim_head: int) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, dim_head, 2).float() / dim_head))
+        self.register_buffer("inv_freq", inv_freq)  # persistent: it is in the checkpoint
+
+    def angles(self, start: int, length: int) -> torch.Tensor:
+        """fp32 angles for positions start..start+length-1 (fp16 cannot count past 2048)."""
+        pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = pos.unsqueeze(1) * self.inv_freq.float().unsqueeze(0)  # [T, d/2]
+        return freqs.repeat_interleave(2, dim=-1)  # [T, d], pairs share an angle
+
+
+def _apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H*d]; rotate adjacent pairs of the first angles.shape[-1] channels."""
+    width = angles.shape[-1]
+    rot, rest = x[..., :width], x[..., width:]
+    pairs = rot.unflatten(-1, (-1, 2))  # [B, T, d/2, 2]
+    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [B, T, d]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return torch.cat([rot * cos + swapped * sin, rest], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        inner = cfg.heads * cfg.dim_head
+        self.heads = cfg.heads
+        self.to_q = nn.Linear(cfg.dim, inner)
+        self.to_k = nn.Linear(cfg.dim, inner)
+        self.to_v = nn.Linear(cfg.dim, inner)
+        self.to_out = nn.ModuleList([nn.Linear(inner, cfg.dim)])  # index 0 matches upstream keys
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
+                kv: KVCache | None, first_visible: int = 0) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = _apply_rope(self.to_q(x), angles)
+        k = _apply_rope(self.to_k(x), angles)
+        v = self.to_v(x)
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))  # [B, H, T, d]
+        if kv is not None:
+            k, v = kv.append(k, v, first_visible)  # [B, H, visible cached + T, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(b, t, -1)  # [B, H, T, d] -> [B, T, H*d]
+        return self.to_out[0](out)
+
+
+class AdaLayerNormZero(nn.Module):
+    """Six modulation vectors from the time embedding: shift/scale/gate for attn and ff."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim * 6)
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(z.unsqueeze(1) for z in self.linear(F.silu(c)).chunk(6, dim=1))  # 6 x [B, 1, D]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int) -> None:
+        super().__init__()
+        inner = dim * mult
+        # Identity sits where upstream has dropout, keeping the keys ff.ff.0.0 / ff.ff.2.
+        self.ff = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, inner), nn.GELU(approximate="tanh")),
+            nn.Identity(),
+            nn.Linear(inner, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(x)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.attn_norm = AdaLayerNormZero(cfg.dim)
+        self.attn = Attention(cfg)
+        self.ff = FeedForward(cfg.dim, cfg.ff_mult)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
+                kv: KVCache | None, first_visible: int = 0) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.attn_norm(c)
+        normed = _layer_norm(h) * (1 + scale1) + shift1
+        h = h + gate1 * self.attn(normed, angles, mask, kv, first_visible)
+        normed = _layer_norm(h) * (1 + scale2) + shift2
+        return h + gate2 * self.ff(normed)
+
+
+class AdaLayerNormFinal(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim * 2)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(F.silu(c)).chunk(2, dim=1)  # scale first, unlike the blocks
+        return _layer_norm(h) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def _layer_norm(h: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(h, (h.shape[-1],), eps=1e-6)
+
+
+def attention_mask(valid: torch.Tensor, chunk_size: int | None, left_chunks: int = -1) -> torch.Tensor:
+    """Boolean [B, 1, T, T] mask (True = may attend) from key validity [B, 1, T].
+
+    With `chunk_size`, query i sees keys j < (i // chunk_size + 1) * chunk_size, i.e. its
+    own static chunk and earlier ones: all of them, or the last `left_chunks` if >= 0.
+    """
+    valid = valid.bool()
+    t = valid.shape[-1]
+    mask = valid.expand(-1, t, -1)  # [B, T(query), T(key)]
+    if chunk_size is not None:
+        pos = torch.arange(t, device=valid.device)
+        chunk = pos // chunk_size
+        visible = pos.unsqueeze(0) < ((chunk + 1) * chunk_size).unsqueeze(1)  # [T(query), T(key)]
+        if left_chunks >= 0:
+            visible &= pos.unsqueeze(0) >= ((chunk - left_chunks).clamp(min=0) * chunk_size).unsqueeze(1)
+        mask = mask & visible.unsqueeze(0)
+    # A query with no visible key would give NaN; upstream lets it see everything.
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask.unsqueeze(1)
+
+
+class DiT(nn.Module):
+    """Velocity estimator: (x, mask, mu, t, spks, cond) -> v, all channel-first."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.time_embed = TimestepEmbedding(cfg.dim)
+        self.input_embed = InputEmbedding(cfg)
+        self.rotary_embed = RotaryEmbedding(cfg.dim_head)
+        self.transformer_blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
+        self.norm_out = AdaLayerNormFinal(cfg.dim)
+        self.proj_out = nn.Linear(cfg.dim, cfg.mel_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                spks: torch.Tensor, cond: torch.Tensor, streaming: bool = False) -> torch.Tensor:
+        """Whole-sequence call; `streaming` selects the static chunk mask."""
+        chunk = self.cfg.static_chunk_size if streaming else None
+        mask = attention_mask(mask, chunk, self.cfg.num_decoding_left_chunks)
+        return self._run(x, mu, t, spks, cond, mask, cache=None)
+
+    def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
+                      cond: torch.Tensor, cache: DiTCache) -> torch.Tensor:
+        """One attention chunk that sees itself and the earlier chunks in `cache` (all of
+        them, or the last `num_decoding_left_chunks` when that is >= 0)."""
+        out = self._run(x, mu, t, spks, cond, mask=None, cache=cache)
+        cache.length += x.shape[2]
+        return out
+
+    def _run(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
+             cond: torch.Tensor, mask: torch.Tensor | None, cache: DiTCache | None) -> torch.Tensor:
+        b, n_mel, t_len = x.shape
+        assert mu.shape == cond.shape == (b, n_mel, t_len), (x.shape, mu.shape, cond.shape)
+        assert spks.shape == (b, self.cfg.spk_dim) and t.shape == (b,), (spks.shape, t.shape)
+        c = self.time_embed(t)  # [B, D]
+        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks, cache)
+        start = 0 if cache is None else cache.length
+        angles = self.rotary_embed.angles(start, t_len)
+        size, left = self.cfg.static_chunk_size, self.cfg.num_decoding_left_chunks
+        first_visible = max(start // size - left, 0) * size if left >= 0 else 0
+        for i, block in enumerate(self.transformer_blocks):
+            h = block(h, c, angles, mask, None if cache is None else cache.layers[i], first_visible)
+        h = self.norm_out(h, c)
+        return self.proj_out(h).transpose(1, 2)  # [B, T, 80] -> [B, 80, T]
