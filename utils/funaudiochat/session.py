@@ -123,6 +123,24 @@ class ConversationState:
             raise RuntimeError("an assistant message must follow a user message of a finished turn")
         self.messages.append(_Message("assistant", text))
 
+    def set_system_prompt(self, prompt: str | None) -> None:
+        """Takes effect from the next turn (the cached prefix is recomputed)."""
+        if self.busy:
+            raise RuntimeError("this conversation has a turn in progress")
+        self.system_prompt = prompt
+        if prompt and self.messages and self.messages[0].role == "system":
+            self.messages[0].content = prompt
+
+    def set_last_reply(self, text: str) -> None:
+        """Replaces the last assistant message (e.g. with only what reached the listener
+        before a barge-in), or adds it when the turn ended before any step."""
+        if self.busy or not self.messages:
+            raise RuntimeError("no finished turn to set the reply of")
+        if self.messages[-1].role == "assistant":
+            self.messages[-1].content = text
+        else:
+            self.messages.append(_Message("assistant", text))
+
     def _prompt(self, runtime: FunAudioChatRuntime) -> tuple[list[int], list[Tensor]]:
         if runtime.tokenizer is None:
             raise RuntimeError("a text tokenizer is needed to build prompts (pass tokenizer_path)")

@@ -37,6 +37,11 @@ class ServerConfig:
     tokenizer_path: Path | None = None
     tts_model_path: Path = Path("pretrained_models/Fun-CosyVoice3-0.5B-2512")
     tts_gpu: int = 0
+    tts_dtype: str = "float32"  # float16/bfloat16 halve the vocoder's GPU time and memory
+    tts_mode: str = "cached"  # cached | upstream-fac | upstream-native
+    tts_speaker_embedding: Path | None = None  # .npy [192]; default: spk2info in the model dir
+    s2s_device: str = "auto"  # auto = cuda:0 with a GPU, else cpu
+    max_batch: int = 32  # sessions decoded together in one step
     asr_device: str = "auto"  # auto | cpu | cuda | cuda:N
     asr_model: str | None = None  # CTranslate2 Whisper directory for the cascade engine
     asr_language: str | None = None

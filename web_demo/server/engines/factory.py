@@ -52,9 +52,22 @@ def build_s2s_engine(cfg: ServerConfig) -> S2SEngine:
         return LoopbackEngine()
     if name == "cascade":
         return _build_cascade(cfg)
-    raise SystemExit(f"engine {name!r} is not available in this build: the native "
-                     "Fun-Audio-Chat runtime is not wired into the server yet; use "
-                     "--engine cascade or --engine loopback")
+    return _build_funaudiochat(cfg)
+
+
+def _build_funaudiochat(cfg: ServerConfig) -> S2SEngine:
+    from web_demo.server.engines.funaudiochat import FunAudioChatEngine
+    from web_demo.server.engines.local import WorkerVocoder
+
+    gpu = gpu_available()
+    s2s_device = cfg.s2s_device if cfg.s2s_device != "auto" else ("cuda:0" if gpu else "cpu")
+    vocoder = WorkerVocoder(cfg=cfg.workers, init_kwargs={
+        "model_dir": str(cfg.tts_model_path), "device": f"cuda:{cfg.tts_gpu}" if gpu else "cpu",
+        "dtype": cfg.tts_dtype, "mode": cfg.tts_mode,
+        "speaker_embedding": str(cfg.tts_speaker_embedding) if cfg.tts_speaker_embedding else None})
+    return FunAudioChatEngine(
+        model_path=cfg.model_path, tokenizer_path=cfg.tokenizer_path, device=s2s_device,
+        vocoder=vocoder, history_turns=cfg.session.history_turns, max_batch=cfg.max_batch)
 
 
 def _build_cascade(cfg: ServerConfig) -> S2SEngine:

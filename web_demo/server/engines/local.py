@@ -70,3 +70,38 @@ class WorkerTtsEngine:
 
     def health(self) -> dict[str, Any]:
         return self._worker.health()
+
+
+class WorkerVocoder:
+    """Speech tokens -> 24 kHz PCM in a worker running CosyVoice3Handler, one stream per reply."""
+
+    sample_rate = WIRE_SAMPLE_RATE
+
+    def __init__(self, *, name: str = "tts", init_kwargs: dict[str, Any],
+                 handler: str = "web_demo.server.workers.vocoder_worker:CosyVoice3Handler",
+                 cfg: WorkerConfig = WorkerConfig()) -> None:
+        self.name = name
+        self._worker = WorkerSupervisor(name=name, handler=handler, init_kwargs=init_kwargs, cfg=cfg)
+
+    @property
+    def worker(self) -> WorkerSupervisor:
+        return self._worker
+
+    async def start(self) -> None:
+        await self._worker.start()
+
+    async def aclose(self) -> None:
+        await self._worker.aclose()
+
+    async def push(self, stream_id: str, tokens: list[int]) -> list[np.ndarray]:
+        return await self._worker.call("push", {"stream": stream_id, "tokens": tokens})
+
+    async def finish(self, stream_id: str) -> list[np.ndarray]:
+        return await self._worker.call("finish", {"stream": stream_id})
+
+    async def close(self, stream_id: str) -> None:
+        if self._worker.alive:
+            await self._worker.call("close", {"stream": stream_id})
+
+    def health(self) -> dict[str, Any]:
+        return self._worker.health()
