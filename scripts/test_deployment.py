@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("reply.wav"))
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any frame")
     p.add_argument("--fast", action="store_true", help="send the audio at once, not in real time")
+    p.add_argument("--api-key", default=None, help="the server's --api-key, if it has one")
     a = p.parse_args(argv)
     url = f"ws://{a.host}:{a.port}/api/chat?extras=1"
+    if a.api_key:
+        url += f"&api_key={a.api_key}"
     try:
         result = asyncio.run(run_turn(url, a.wav or built_in_speech(), timeout_s=a.timeout,
                                       realtime=not a.fast))

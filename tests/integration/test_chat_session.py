@@ -269,3 +269,16 @@ async def test_session_end_releases_engine_state(chat_server) -> None:
     await chat.ws.close()
     await asyncio.sleep(0.1)
     assert len(engine.ended_sessions) == 1
+
+
+async def test_api_key_required_when_configured(chat_server) -> None:
+    client, connect = await chat_server(api_key="s3cret")
+    response = await client.get("/api/chat")
+    assert response.status == 401 and (await response.json())["error"]["code"] == 401
+    assert (await client.get("/api/chat?api_key=wrong")).status == 401
+    chat = await connect("?api_key=s3cret")  # browsers: query parameter
+    await chat.ws.close()
+    ws = await client.ws_connect("/api/chat", headers={"Authorization": "Bearer s3cret"})
+    assert (await ws.receive(timeout=5)).data == b"\x00\x00\x00"
+    await ws.close()
+    assert (await client.get("/health")).status == 200  # health stays open

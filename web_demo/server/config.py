@@ -49,6 +49,7 @@ class ServerConfig:
     llm_url: str | None = None  # OpenAI-compatible base URL, e.g. http://host:8000/v1
     llm_model: str | None = None
     llm_api_key: str | None = None
+    api_key: str | None = None  # when set, /api/chat needs it (Bearer header or ?api_key=)
     max_sessions: int = 64
     max_frame_bytes: int = 256 * 1024  # larger WebSocket frames close the socket (1009)
     session: SessionConfig = field(default_factory=SessionConfig)

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
+import os
 import socket
 import weakref
 from collections.abc import AsyncIterator, Sequence
@@ -60,9 +62,20 @@ async def _close_sockets(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-async def chat(request: web.Request) -> web.WebSocketResponse:
+def authorized(request: web.Request, api_key: str | None) -> bool:
+    """Browsers cannot set headers on a WebSocket, so the key may also come as ?api_key=."""
+    if api_key is None:
+        return True
+    offered = request.query.get("api_key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+    return hmac.compare_digest(offered.encode(), api_key.encode())
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg = app[CONFIG]
+    if not authorized(request, cfg.api_key):
+        return web.json_response({"error": {"message": "missing or wrong API key",
+                                             "type": "unauthorized", "code": 401}}, status=401)
     ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes)
     await ws.prepare(request)
     if len(app[SOCKETS]) >= cfg.max_sessions:
@@ -134,6 +147,8 @@ def parse_args(argv: Sequence[str] | None) -> ServerConfig:
                         "cascade engine echoes what it heard")
     p.add_argument("--llm-model", default=None)
     p.add_argument("--llm-api-key", default=None, help="or set LLM_API_KEY")
+    p.add_argument("--api-key", default=None,
+                   help="require this key on /api/chat (or set S2S_API_KEY)")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions)
     p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     p.add_argument("--history-turns", type=int, default=s.history_turns)
@@ -159,7 +174,8 @@ def parse_args(argv: Sequence[str] | None) -> ServerConfig:
                    tts_speaker_embedding=a.tts_speaker_embedding, s2s_device=a.s2s_device,
                    max_batch=a.max_batch, asr_device=a.asr_device, asr_model=a.asr_model,
                    asr_language=a.asr_language, tts_voice=a.tts_voice, llm_url=a.llm_url,
-                   llm_model=a.llm_model, llm_api_key=a.llm_api_key, max_sessions=a.max_sessions,
+                   llm_model=a.llm_model, llm_api_key=a.llm_api_key,
+                   api_key=a.api_key or os.environ.get("S2S_API_KEY") or None, max_sessions=a.max_sessions,
                    max_frame_bytes=a.max_frame_bytes, session=session)
 
 

@@ -328,7 +328,11 @@ class ChatSession:
     def _finish_reply(self, progress: ReplyProgress | None) -> bytes | None:
         tail = self._encoder.flush()
         if progress is not None:
-            self._emit_extra(self._latency_report(progress), progress.epoch)
+            report = self._latency_report(progress)
+            logger.info("session %s turn %d: first audio %s ms, first text %s ms, %d chars sent",
+                        self.id, report["turn"], report["first_audio_ms"], report["first_text_ms"],
+                        sum(map(len, progress.sent_text)))
+            self._emit_extra(report, progress.epoch)
             self._commit_progress()
         return protocol.encode_audio(tail) if tail else None
 
