@@ -59,6 +59,7 @@ class Outgoing:
     pcm_24k: np.ndarray | None = None  # audio still to encode
     epoch: int | None = None
     text: str | None = None  # the text a 0x02 frame carries, for history
+    end_of_reply: bool = False  # flush the encoder, report latency, commit history
 
 
 class PlaybackClock:
@@ -239,7 +240,7 @@ class ChatSession:
         except Exception:
             logger.exception("session %s: reply crashed", self.id)
             self._send_error("reply failed: internal error")
-        self._emit(Outgoing(epoch=epoch, text=None))  # marks the end for the writer
+        self._emit(Outgoing(epoch=epoch, end_of_reply=True))
         self._emit(Outgoing(frame=protocol.encode_text(
             f"\n[Final: {''.join(progress.produced_text)}]"), epoch=epoch))
 
@@ -318,11 +319,11 @@ class ChatSession:
                 progress.sent_audio_24k.append(item.pcm_24k)
             ogg = self._encoder.encode(item.pcm_24k)
             return protocol.encode_audio(ogg) if ogg else None
+        if item.end_of_reply:
+            return self._finish_reply(progress)
         if item.text is not None and progress is not None:
             progress.sent_text.append(item.text)
             progress.first_text_at = progress.first_text_at or now
-        if item.frame is None:  # end-of-reply marker: flush audio, report, commit history
-            return self._finish_reply(progress)
         return item.frame
 
     def _finish_reply(self, progress: ReplyProgress | None) -> bytes | None:
