@@ -28,7 +28,7 @@ start() {  # name, then the command
 wait_healthy() {  # name, port
     local name=$1 port=$2
     for _ in $(seq 1 600); do
-        if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+        if .venv/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null; then
             echo "[start] $name healthy: http://127.0.0.1:$port/health"
             return 0
         fi
