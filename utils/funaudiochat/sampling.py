@@ -62,12 +62,15 @@ class ChoiceRow:
 
 
 def _apply_penalty(scores: Tensor, rows: list[ChoiceRow]) -> Tensor:
-    penalty = torch.tensor([r.params.repetition_penalty for r in rows], device=scores.device)[:, None]
+    penalty = torch.tensor([r.params.repetition_penalty for r in rows], device=scores.device)
     if bool((penalty == 1.0).all()):
         return scores
-    seen = torch.stack([r.seen for r in rows])  # [B, V]
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
+    # only the seen tokens change: a few hundred per row out of the whole vocabulary
+    b, v = torch.stack([r.seen for r in rows]).nonzero(as_tuple=True)  # [B, V] mask -> index pairs
+    old, pen = scores[b, v], penalty[b]
+    scores = scores.clone()
+    scores[b, v] = torch.where(old < 0, old * pen, old / pen)
+    return scores
 
 
 CANDIDATES = 1024  # sampling looks at this many best tokens unless top-p needs more
@@ -78,7 +81,7 @@ def _sample(scores: Tensor, rows: list[ChoiceRow], sampling: list[bool]) -> dict
 
     Top-k then top-p as HF applies them (top-p sees probabilities renormalised over the top-k
     survivors). Both only ever keep the best tokens, so they run on the ``CANDIDATES`` best; a
-    row whose top-p set could reach beyond them falls back to the whole vocabulary.
+    row whose top-p set could reach beyond them (a flat distribution) goes to ``_wide_pick``.
     """
     idx_rows = [b for b, s in enumerate(sampling) if s]
     sub = [rows[b] for b in idx_rows]
@@ -97,26 +100,89 @@ def _sample(scores: Tensor, rows: list[ChoiceRow], sampling: list[bool]) -> dict
     cand_p = torch.where((before < top_p) | (top_p >= 1.0) | (rank == 0), cand_p, torch.zeros_like(cand_p))
     # a top-k-free row needs its top-p set inside the candidates: their mass must reach top_p
     covered = limited[:, 0] | ((probs.gather(1, cand_idx).sum(-1) >= top_p[:, 0]) & (top_p[:, 0] < 1.0))
-    weights, index = cand_p, cand_idx
-    if not bool(covered.all()):
-        # very flat rows (or top_p = 1): top-p over the whole vocabulary, sorted once for all
-        wide = (~covered).nonzero()[:, 0]
-        sorted_p, order = probs[wide].sort(dim=-1, descending=True)
-        keep = ((sorted_p.cumsum(-1) - sorted_p) < top_p[wide]) | (top_p[wide] >= 1.0)
-        weights = torch.zeros(len(sub), probs.shape[-1], device=dev, dtype=probs.dtype)
-        index = torch.zeros(len(sub), probs.shape[-1], device=dev, dtype=torch.long)
-        weights[:, :k_cap], index[:, :k_cap] = cand_p, cand_idx
-        weights[wide], index[wide] = torch.where(keep, sorted_p, torch.zeros_like(sorted_p)), order
-    picks = _draw(weights, [r.generator for r in sub])
-    return {b: int(index[j, picks[j]]) for j, b in enumerate(idx_rows)}
+    u = torch.stack([torch.rand((), generator=r.generator, device=dev) for r in sub])  # [b], one draw per row
+    picks = _draw(cand_p, u)
+    out = {b: int(cand_idx[j, picks[j]]) for j, b in enumerate(idx_rows)}
+    wide = (~covered).nonzero()[:, 0].tolist()
+    if wide:
+        for j, token in zip(wide, _wide_pick(probs[wide], [sub[j].params.top_p for j in wide], u[wide].tolist())):
+            out[idx_rows[j]] = token
+    return out
 
 
-def _draw(weights: Tensor, generators: list[torch.Generator]) -> list[int]:
-    """One inverse-CDF draw per row from unnormalised weights [b, N], each with its own RNG."""
+def _draw(weights: Tensor, u: Tensor) -> list[int]:
+    """One inverse-CDF draw per row from unnormalised weights [b, N] and uniforms u [b]."""
     cdf = weights.cumsum(dim=-1)  # [b, N]
-    u = torch.stack([torch.rand((), generator=g, device=weights.device) for g in generators])
     picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     return picks.clamp(max=weights.shape[-1] - 1).tolist()
+
+
+# Top-p over a whole (flat) vocabulary, without sorting it.
+#
+# The order is probability descending, then token id ascending; a token is kept while the mass
+# of the tokens before it is below top_p, and u * (kept mass) is found in the running mass.
+# Masses are float64 sums of float32 probabilities, which are exact (so independent of how they
+# are grouped) while every summand is >= 2**-29: each float32 is a multiple of 2**-52 then, and
+# the sums stay below 2. Tokens under 2**-29 hold < 3e-4 of the mass, so a nucleus with
+# top_p <= 0.999 never needs them; the rare rows that do take ``_wide_pick_sorted``.
+# Probabilities are grouped into buckets by their top 16 float bits (sign, exponent, 7 mantissa
+# bits, so bucket order is value order and one bucket shares an exponent, which keeps its sum
+# exact at any size); only the one or two buckets where a running mass crosses are sorted.
+_BUCKET_SHIFT = 16
+_NUM_BUCKETS = 1 << (31 - _BUCKET_SHIFT)
+_EXACT_BUCKET = (127 - 29) << (23 - _BUCKET_SHIFT)  # first bucket of values >= 2**-29
+_EXACT_TOP_P = 0.999
+_SORT_BELOW = 32768  # vocabularies this small (speech codes) are simply sorted, all rows at once
+
+
+def _wide_pick(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
+    """probs: fp32 [b, V] -> one token per row: top-p nucleus and an inverse-CDF draw."""
+    b, vocab = probs.shape
+    if vocab < _SORT_BELOW:
+        return _wide_pick_sorted(probs, top_p, u)
+    dev = probs.device
+    bucket = probs.view(torch.int32) >> _BUCKET_SHIFT  # [b, V], value order
+    slots = bucket + torch.arange(b, device=dev, dtype=torch.int32)[:, None] * _NUM_BUCKETS
+    mass = torch.bincount(slots.view(-1), weights=probs.reshape(-1).double(), minlength=b * _NUM_BUCKETS)
+    from_top = mass.view(b, _NUM_BUCKETS).flip(-1).cumsum(-1)  # [b, NB]: mass of buckets >= each, best first
+    tokens: dict[int, int] = {}
+    for j in range(b):
+        cum = from_top[j]
+        nucleus_end = int(torch.searchsorted(cum, top_p[j]))  # first bucket (from the top) reaching top_p
+        if top_p[j] > _EXACT_TOP_P or nucleus_end >= _NUM_BUCKETS or _NUM_BUCKETS - 1 - nucleus_end < _EXACT_BUCKET:
+            continue
+        ids, running = _bucket_run(probs[j], bucket[j], cum, nucleus_end)
+        kept = int(torch.searchsorted(running, top_p[j]))  # first token whose running mass reaches top_p
+        target = u[j] * float(running[kept])
+        draw_bucket = int(torch.searchsorted(cum, target, right=True))
+        if draw_bucket != nucleus_end:
+            ids, running = _bucket_run(probs[j], bucket[j], cum, draw_bucket)
+        tokens[j] = int(ids[torch.searchsorted(running, target, right=True)])
+    rest = [j for j in range(b) if j not in tokens]
+    if rest:
+        tokens.update(zip(rest, _wide_pick_sorted(probs[rest], [top_p[j] for j in rest], [u[j] for j in rest])))
+    return [tokens[j] for j in range(b)]
+
+
+def _bucket_run(p: Tensor, bucket: Tensor, cum: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Tokens of the k-th bucket from the top in nucleus order, and the running mass at each."""
+    ids = (bucket == _NUM_BUCKETS - 1 - k).nonzero()[:, 0]  # ascending ids
+    vals, order = p[ids].sort(descending=True, stable=True)  # ties keep ascending ids
+    above = float(cum[k - 1]) if k > 0 else 0.0
+    return ids[order], above + vals.double().cumsum(0)
+
+
+def _wide_pick_sorted(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
+    """``_wide_pick`` by a full sort of every row: its definition, and the way for small vocabularies."""
+    dev, vocab = probs.device, probs.shape[-1]
+    vals, order = probs.sort(dim=-1, descending=True, stable=True)
+    running = vals.double().cumsum(-1)  # [b, V]
+    tp = torch.tensor(top_p, device=dev, dtype=torch.float64)[:, None]
+    kept = torch.searchsorted(running, tp).clamp(max=vocab - 1)  # [b, 1]
+    kept = torch.where(tp >= 1.0, vocab - 1, kept)
+    target = torch.tensor(u, device=dev, dtype=torch.float64)[:, None] * running.gather(1, kept)
+    picks = torch.minimum(torch.searchsorted(running, target, right=True), kept)  # [b, 1]
+    return order.gather(1, picks)[:, 0].tolist()
 
 
 def choose(logits: Tensor, rows: list[ChoiceRow], *, kind: str) -> Tensor:
@@ -130,8 +196,12 @@ def choose(logits: Tensor, rows: list[ChoiceRow], *, kind: str) -> Tensor:
         hook = r.params.extra_processor
         if hook is not None and not greedy_raw[b]:
             scores[b] = hook.text(r.context, scores[b]) if kind == "text" else hook.speech(r.context, scores[b])
-    tokens = torch.where(torch.tensor(greedy_raw, device=logits.device), logits.argmax(-1), scores.argmax(-1))
     sampling = [r.params.do_sample and not g for r, g in zip(rows, greedy_raw)]
+    tokens = torch.zeros(len(rows), dtype=torch.long, device=logits.device)
+    argmax_rows = [b for b, s in enumerate(sampling) if not s]  # sampled rows need no argmax
+    if argmax_rows:
+        raw = torch.tensor([greedy_raw[b] for b in argmax_rows], device=logits.device)
+        tokens[argmax_rows] = torch.where(raw, logits[argmax_rows].argmax(-1), scores[argmax_rows].argmax(-1))
     if any(sampling):
         for b, t in _sample(scores, rows, sampling).items():
             tokens[b] = t

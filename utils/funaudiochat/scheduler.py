@@ -98,6 +98,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._batches = {True: DecodeBatch(runtime, speech=True), False: DecodeBatch(runtime, speech=False)}
         self._active: dict[int, tuple[TurnRow, _Request]] = {}  # id(row) -> row, request
+        # taken off the queue but not yet busy: start_turn marks a state busy only after prefill
+        self._admitting: list[_Request] = []
 
     # -- public ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,7 +133,7 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._thread is None:
                 raise RuntimeError("scheduler is not running")
-            if state.busy or any(r.state is state for r in self._pending):
+            if state.busy or any(r.state is state for r in [*self._pending, *self._admitting]):
                 raise RuntimeError("this conversation already has a turn in progress")
             self._pending.append(_Request(state, turn, params or SamplingParams(), mode == "s2s", handle))
             self._cond.notify()
@@ -157,13 +159,17 @@ class Scheduler:
                 cancels, self._cancels = self._cancels, []
                 room = max(0, self.max_batch - len(self._active))
                 admitted = [self._pending.popleft() for _ in range(min(room, self.prefills_per_step, len(self._pending)))]
+                self._admitting = list(admitted)
                 for h in cancels:  # cancelled before admission: drop from the queue
                     for r in [r for r in self._pending if r.handle is h]:
                         self._pending.remove(r)
                         h._deliver(_END)
-            self._apply_cancels(cancels)
             for req in admitted:
                 self._admit(req)
+            # after admission, so a cancel that raced with its own turn's prefill is not lost
+            self._apply_cancels(cancels)
+            with self._cond:
+                self._admitting = []
             for batch in self._batches.values():
                 if len(batch):
                     self._step(batch)

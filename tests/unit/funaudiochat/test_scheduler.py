@@ -98,3 +98,16 @@ def test_same_conversation_twice_is_refused(runtime, scheduler) -> None:
     with pytest.raises(RuntimeError):
         scheduler.submit(state, UserTurn(audio=wav("audio_turn1.wav")))
     assert len(list(h)) == 3
+
+
+def test_cancel_right_after_submit_is_never_lost(runtime, scheduler) -> None:
+    # A barge-in can arrive while the turn is being admitted (prefilled); the turn must
+    # still stop at once instead of decoding to max_steps.
+    audio = wav("audio_turn1.wav")[:16000]
+    for _ in range(5):
+        handle = scheduler.submit(ConversationState(), UserTurn(audio=audio),
+                                  SamplingParams(max_steps=400, top_k=1))
+        handle.cancel()
+        steps = list(handle)
+        assert len(steps) <= 2 and handle.done.is_set()
+    assert scheduler.num_active == 0
