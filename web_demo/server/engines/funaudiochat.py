@@ -29,7 +29,7 @@ CANCEL_WAIT_S = 10.0  # a cancelled turn leaves the batch at the scheduler's nex
 class _Conversation:
     state: Any  # utils.funaudiochat.ConversationState, touched only while no turn runs
     handle: Any = None  # TurnHandle of the latest turn
-    interrupted: bool = False
+    interrupted: bool = False  # the latest reply did not complete (barge-in, error, gone)
 
 
 class FunAudioChatEngine:
@@ -75,7 +75,7 @@ class FunAudioChatEngine:
                                             self._sampling, mode="s2s")
         except RuntimeError as exc:
             raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
-        conversation.handle, conversation.interrupted = handle, True
+        conversation.handle, conversation.interrupted = handle, True  # until it completes
         stream = f"{request.session_id}/{request.turn_index}"
         try:
             async for step in handle:
