@@ -88,7 +88,42 @@ def _sample(scores: Tensor, rows: list[ChoiceRow], sampling: list[bool]) -> dict
     dev = scores.device
     temps = torch.tensor([r.params.temperature for r in sub], device=dev)[:, None]
     probs = (scores[idx_rows] / temps).softmax(dim=-1)  # [b, V]
+    u = torch.stack([torch.rand((), generator=r.generator, device=dev) for r in sub])  # [b], one draw per row
     k_cap = min(scores.shape[-1], max([CANDIDATES] + [r.params.top_k for r in sub]))
+    wide = _surely_wide(probs, sub, k_cap)
+    narrow = [j for j, w in enumerate(wide) if not w]
+    out: dict[int, int] = {}
+    if narrow:
+        some = probs if len(narrow) == len(sub) else probs[narrow]  # no copy in the usual all-narrow case
+        picks, covered = _candidate_pick(some, [sub[j] for j in narrow], u[narrow], k_cap)
+        for j, token, c in zip(narrow, picks, covered):
+            out[idx_rows[j]] = token
+            wide[j] = not c
+    rest = [j for j, w in enumerate(wide) if w]
+    if rest:
+        some = probs if len(rest) == len(sub) else probs[rest]
+        for j, token in zip(rest, _wide_pick(some, [sub[j].params.top_p for j in rest], u[rest].tolist())):
+            out[idx_rows[j]] = token
+    return out
+
+
+def _surely_wide(probs: Tensor, sub: list[ChoiceRow], k_cap: int) -> list[bool]:
+    """Rows that ``_candidate_pick`` would find uncovered, known without its top-k pass.
+
+    A top-k-free row is uncovered when top_p is 1 or its k_cap best tokens sum below top_p; that
+    sum is surely short when k_cap copies of its best probability are (the float32 sum of n <
+    160,000 values of at most m stays below 1.01 * n * m).
+    """
+    dev = probs.device
+    top_p = torch.tensor([r.params.top_p for r in sub], device=dev, dtype=torch.float64)
+    free = torch.tensor([r.params.top_k == 0 for r in sub], device=dev)
+    short = probs.amax(dim=-1).double() * (1.01 * k_cap) < top_p
+    return (free & ((top_p >= 1.0) | short)).tolist()
+
+
+def _candidate_pick(probs: Tensor, sub: list[ChoiceRow], u: Tensor, k_cap: int) -> tuple[list[int], list[bool]]:
+    """Top-k, top-p and the draw over each row's k_cap best tokens; covered: whether that was enough."""
+    dev = probs.device
     cand_p, cand_idx = probs.topk(k_cap, dim=-1)  # [b, K], best first
     rank = torch.arange(k_cap, device=dev)[None]
     top_k = torch.tensor([r.params.top_k or k_cap for r in sub], device=dev)[:, None]
@@ -100,14 +135,8 @@ def _sample(scores: Tensor, rows: list[ChoiceRow], sampling: list[bool]) -> dict
     cand_p = torch.where((before < top_p) | (top_p >= 1.0) | (rank == 0), cand_p, torch.zeros_like(cand_p))
     # a top-k-free row needs its top-p set inside the candidates: their mass must reach top_p
     covered = limited[:, 0] | ((probs.gather(1, cand_idx).sum(-1) >= top_p[:, 0]) & (top_p[:, 0] < 1.0))
-    u = torch.stack([torch.rand((), generator=r.generator, device=dev) for r in sub])  # [b], one draw per row
     picks = _draw(cand_p, u)
-    out = {b: int(cand_idx[j, picks[j]]) for j, b in enumerate(idx_rows)}
-    wide = (~covered).nonzero()[:, 0].tolist()
-    if wide:
-        for j, token in zip(wide, _wide_pick(probs[wide], [sub[j].params.top_p for j in wide], u[wide].tolist())):
-            out[idx_rows[j]] = token
-    return out
+    return [int(cand_idx[j, picks[j]]) for j in range(len(sub))], covered.tolist()
 
 
 def _draw(weights: Tensor, u: Tensor) -> list[int]:
@@ -127,53 +156,101 @@ def _draw(weights: Tensor, u: Tensor) -> list[int]:
 # top_p <= 0.999 never needs them; the rare rows that do take ``_wide_pick_sorted``.
 # Probabilities are grouped into buckets by their top 16 float bits (sign, exponent, 7 mantissa
 # bits, so bucket order is value order and one bucket shares an exponent, which keeps its sum
-# exact at any size); only the one or two buckets where a running mass crosses are sorted.
+# exact at any size); only the buckets where the nucleus ends and where the draw can land are
+# gathered and sorted, for all rows at once.
 _BUCKET_SHIFT = 16
 _NUM_BUCKETS = 1 << (31 - _BUCKET_SHIFT)
 _EXACT_BUCKET = (127 - 29) << (23 - _BUCKET_SHIFT)  # first bucket of values >= 2**-29
 _EXACT_TOP_P = 0.999
-_SORT_BELOW = 32768  # vocabularies this small (speech codes) are simply sorted, all rows at once
+_CHUNK = 16384  # columns per histogram slice: [b, V] float64 copies cost more in page faults than in work
 
 
 def _wide_pick(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
     """probs: fp32 [b, V] -> one token per row: top-p nucleus and an inverse-CDF draw."""
-    b, vocab = probs.shape
-    if vocab < _SORT_BELOW:
-        return _wide_pick_sorted(probs, top_p, u)
-    dev = probs.device
-    bucket = probs.view(torch.int32) >> _BUCKET_SHIFT  # [b, V], value order
-    slots = bucket + torch.arange(b, device=dev, dtype=torch.int32)[:, None] * _NUM_BUCKETS
-    mass = torch.bincount(slots.view(-1), weights=probs.reshape(-1).double(), minlength=b * _NUM_BUCKETS)
-    from_top = mass.view(b, _NUM_BUCKETS).flip(-1).cumsum(-1)  # [b, NB]: mass of buckets >= each, best first
-    tokens: dict[int, int] = {}
-    for j in range(b):
-        cum = from_top[j]
-        nucleus_end = int(torch.searchsorted(cum, top_p[j]))  # first bucket (from the top) reaching top_p
-        if top_p[j] > _EXACT_TOP_P or nucleus_end >= _NUM_BUCKETS or _NUM_BUCKETS - 1 - nucleus_end < _EXACT_BUCKET:
-            continue
-        ids, running = _bucket_run(probs[j], bucket[j], cum, nucleus_end)
-        kept = int(torch.searchsorted(running, top_p[j]))  # first token whose running mass reaches top_p
-        target = u[j] * float(running[kept])
-        draw_bucket = int(torch.searchsorted(cum, target, right=True))
-        if draw_bucket != nucleus_end:
-            ids, running = _bucket_run(probs[j], bucket[j], cum, draw_bucket)
-        tokens[j] = int(ids[torch.searchsorted(running, target, right=True)])
-    rest = [j for j in range(b) if j not in tokens]
+    b, dev = probs.shape[0], probs.device
+    from_top = _bucket_mass(probs).flip(-1).cumsum(-1)  # [b, NB]: mass of buckets >= each, best first
+    tp = torch.tensor(top_p, device=dev, dtype=torch.float64)[:, None]
+    nucleus_end = torch.searchsorted(from_top, tp)  # [b, 1]: first bucket (from the top) reaching top_p
+    exact = (tp <= _EXACT_TOP_P) & (_NUM_BUCKETS - 1 - nucleus_end >= _EXACT_BUCKET)  # implies < NB
+    ut = torch.tensor(u, device=dev, dtype=torch.float64)[:, None]
+    rows = exact[:, 0].nonzero()[:, 0].tolist()
+    tokens = [-1] * b
+    if len(rows) == b:  # the usual case: no copy of the batch
+        tokens = _bucket_draw(probs, from_top, nucleus_end, tp, ut)
+    elif rows:
+        for j, token in zip(rows, _bucket_draw(probs[rows], from_top[rows], nucleus_end[rows], tp[rows], ut[rows])):
+            tokens[j] = token
+    rest = [j for j in range(b) if tokens[j] < 0]
     if rest:
-        tokens.update(zip(rest, _wide_pick_sorted(probs[rest], [top_p[j] for j in rest], [u[j] for j in rest])))
-    return [tokens[j] for j in range(b)]
+        for j, token in zip(rest, _wide_pick_sorted(probs[rest], [top_p[j] for j in rest], [u[j] for j in rest])):
+            tokens[j] = token
+    return tokens
 
 
-def _bucket_run(p: Tensor, bucket: Tensor, cum: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Tokens of the k-th bucket from the top in nucleus order, and the running mass at each."""
-    ids = (bucket == _NUM_BUCKETS - 1 - k).nonzero()[:, 0]  # ascending ids
-    vals, order = p[ids].sort(descending=True, stable=True)  # ties keep ascending ids
-    above = float(cum[k - 1]) if k > 0 else 0.0
-    return ids[order], above + vals.double().cumsum(0)
+def _bucket_mass(probs: Tensor) -> Tensor:
+    """probs: fp32 [b, V] -> float64 mass per bucket [b, NB], in value order."""
+    mass = torch.zeros(probs.shape[0], _NUM_BUCKETS, dtype=torch.float64, device=probs.device)
+    for start in range(0, probs.shape[1], _CHUNK):
+        part = probs[:, start : start + _CHUNK]
+        mass.scatter_add_(1, (part.view(torch.int32) >> _BUCKET_SHIFT).long(), part.double())
+    return mass
+
+
+def _bucket_draw(probs: Tensor, from_top: Tensor, nucleus_end: Tensor, tp: Tensor, u: Tensor) -> list[int]:
+    """The draw of rows whose nucleus ends in bucket ``nucleus_end`` [b, 1] (counted from the top).
+
+    The kept mass lies between top_p and the mass down to that bucket, so the buckets the draw can
+    land in are known before the nucleus is: one gathering of tokens serves both searches.
+    """
+    first = torch.searchsorted(from_top, u * tp, right=True)  # [b, 1]
+    last = torch.searchsorted(from_top, u * from_top.gather(1, nucleus_end), right=True)
+    ids, running = _bucket_runs(probs, from_top, first, last, nucleus_end)
+    kept = torch.searchsorted(running, tp)  # [b, 1]: first token whose running mass reaches top_p
+    target = u * running.gather(1, kept)
+    return ids.gather(1, torch.searchsorted(running, target, right=True))[:, 0].tolist()
+
+
+def _bucket_runs(
+    probs: Tensor, from_top: Tensor, first: Tensor, last: Tensor, nucleus_end: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Tokens of buckets first..last and nucleus_end (from the top) [b, W] in nucleus order, and
+    the running mass of the whole order at each (+inf on padding, so every row stays sorted)."""
+    b, dev = probs.shape[0], probs.device
+    member = _in_buckets(probs, last, first) | _in_buckets(probs, nucleus_end, nucleus_end)  # [b, V]
+    row, ids = member.nonzero(as_tuple=True)  # row-major, so ascending ids within a row
+    count = torch.bincount(row, minlength=b)  # [b]
+    pos = torch.arange(len(row), device=dev) - (count.cumsum(0) - count)[row]  # place within its row
+    vals = torch.full((b, int(count.max())), -1.0, device=dev)  # [b, W]; padding sorts last
+    vals[row, pos] = probs[row, ids]
+    tok = torch.zeros(vals.shape, dtype=torch.long, device=dev)
+    tok[row, pos] = ids
+    vals, order = vals.sort(dim=-1, descending=True, stable=True)  # ties keep ascending ids
+    # whole buckets are gathered, so the mass missing before a token is that of the buckets skipped
+    in_range = _in_buckets(vals, last, first)
+    skipped = _mass_above(from_top, nucleus_end) - _mass_above(from_top, last + 1) + _mass_above(from_top, first)
+    gap = torch.where(in_range, _mass_above(from_top, first), skipped)
+    running = torch.where(vals >= 0, vals.double().cumsum(-1) + gap, float("inf"))
+    return tok.gather(1, order), running
+
+
+def _in_buckets(probs: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Whether each probability lies in buckets high..low counted from the top (low >= high) [b, 1].
+
+    Bucket bounds as floats compare like bucket numbers, without a [b, V] integer copy. Bucket 0
+    from the top (NaN bits) would overflow ``ceil``; probabilities never reach it.
+    """
+    floor = ((_NUM_BUCKETS - 1 - low) << _BUCKET_SHIFT).to(torch.int32).view(torch.float32)
+    ceil = ((_NUM_BUCKETS - high) << _BUCKET_SHIFT).to(torch.int32).view(torch.float32)
+    return (probs >= floor) & (probs < ceil)
+
+
+def _mass_above(from_top: Tensor, k: Tensor) -> Tensor:
+    """Mass of the buckets before the k-th from the top [b, 1]."""
+    return torch.where(k > 0, from_top.gather(1, (k - 1).clamp(min=0)), 0.0)
 
 
 def _wide_pick_sorted(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
-    """``_wide_pick`` by a full sort of every row: its definition, and the way for small vocabularies."""
+    """``_wide_pick`` by a full sort of every row: its definition, and the way for rows buckets cannot serve."""
     dev, vocab = probs.device, probs.shape[-1]
     vals, order = probs.sort(dim=-1, descending=True, stable=True)
     running = vals.double().cumsum(-1)  # [b, V]
