@@ -82,6 +82,16 @@ class ChatClient:
             if reply.final is not None:
                 return reply
 
+    async def receive_until_audio(self, timeout: float = 60.0) -> Reply:
+        """Collects frames until the first reply audio arrives."""
+        reply = Reply()
+        while not reply.audio_pages:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type is not aiohttp.WSMsgType.BINARY:
+                raise AssertionError(f"socket ended before any audio: {msg}")
+            self._collect(msg.data, reply)
+        return reply
+
     async def receive_for(self, seconds: float) -> Reply:
         """Collects whatever arrives within `seconds`."""
         reply = Reply()

@@ -282,3 +282,21 @@ async def test_api_key_required_when_configured(chat_server) -> None:
     assert (await ws.receive(timeout=5)).data == b"\x00\x00\x00"
     await ws.close()
     assert (await client.get("/health")).status == 200  # health stays open
+
+
+async def test_queue_position_is_an_opt_in_extra(chat_server) -> None:
+    from web_demo.server.engines.base import QueuePosition
+
+    class QueuedEngine(FakeEngine):
+        async def reply(self, request):
+            yield QueuePosition(3)
+            async for event in super().reply(request):
+                yield event
+
+    _, connect = await chat_server(QueuedEngine(audio_s=0.2))
+    plain, extra = await connect(), await connect("?extras=1")
+    for chat in (plain, extra):
+        await chat.turn(PAGES_1S)
+    assert (await plain.receive_reply()).metadata == []
+    reply = await extra.receive_reply()
+    assert {"type": "queue", "position": 3} in reply.metadata

@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
+import torch
+
 from .decoding import DecodeBatch, StepResult, TurnRow
 from .generation import Mode
 from .loading import FunAudioChatRuntime
@@ -140,8 +142,20 @@ class Scheduler:
         return handle
 
     @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def num_active(self) -> int:
         return len(self._active)
+
+    def queue_position(self, handle: TurnHandle) -> int | None:
+        """1-based place among turns waiting for a batch slot; None once admitted or done."""
+        with self._cond:
+            for place, req in enumerate(self._pending, start=1):
+                if req.handle is handle:
+                    return place
+        return None
 
     # -- scheduler thread --------------------------------------------------------------------
     def _request_cancel(self, handle: TurnHandle) -> None:
@@ -150,6 +164,25 @@ class Scheduler:
             self._cond.notify()
 
     def _run(self) -> None:
+        # Everything this thread creates (batched caches included) must be an inference
+        # tensor: a cache made inside a step and filled outside one is an error in torch.
+        with torch.inference_mode():
+            try:
+                self._loop()
+            except Exception as exc:  # never leave sessions waiting on a dead thread
+                logger.exception("scheduler thread crashed")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._cond:
+            self._stopping = True
+            handles = [req.handle for _, req in self._active.values()] + [r.handle for r in self._pending]
+            self._active.clear()
+            self._pending.clear()
+        for handle in handles:
+            handle._deliver(exc)
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not (self._stopping or self._pending or self._cancels or self._active):
@@ -191,11 +224,17 @@ class Scheduler:
             return
         key = id(prepared.row)
         self._active[key] = (prepared.row, req)
+        if not prepared.row.finished:
+            try:
+                self._batches[req.speech].add(prepared.row, prepared.lm_cache, prepared.crq_cache)
+            except Exception as exc:  # e.g. out of memory: fail this turn, keep serving others
+                logger.exception("joining the decode batch failed")
+                req.handle._deliver(exc)
+                self._finish(key, req, deliver_end=False)
+                return
         req.handle._deliver(prepared.first)
         if prepared.row.finished:
             self._finish(key, req)
-        else:
-            self._batches[req.speech].add(prepared.row, prepared.lm_cache, prepared.crq_cache)
 
     def _step(self, batch: DecodeBatch) -> None:
         rows = list(batch.rows)

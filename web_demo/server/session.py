@@ -28,7 +28,7 @@ from utils.opus import OpusStreamDecoder, OpusStreamEncoder
 from web_demo.server import protocol
 from web_demo.server.config import SessionConfig
 from web_demo.server.engines.base import (
-    AudioDelta, HistoryTurn, ReplyRequest, S2SEngine, TextDelta, UserTranscript)
+    AudioDelta, HistoryTurn, QueuePosition, ReplyRequest, S2SEngine, TextDelta, UserTranscript)
 from web_demo.server.errors import ProtocolError, ServingError
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
 
@@ -234,6 +234,8 @@ class ChatSession:
                 elif isinstance(event, UserTranscript):
                     progress.user_text = event.text
                     self._emit_extra({"type": "transcript", "text": event.text}, epoch)
+                elif isinstance(event, QueuePosition):
+                    self._emit_extra({"type": "queue", "position": event.position}, epoch)
         except ServingError as exc:
             logger.warning("session %s: reply failed: %s", self.id, exc)
             self._send_error(f"reply failed: {exc}" + (" (retry the turn)" if exc.retryable else ""))

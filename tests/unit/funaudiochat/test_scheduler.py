@@ -111,3 +111,21 @@ def test_cancel_right_after_submit_is_never_lost(runtime, scheduler) -> None:
         steps = list(handle)
         assert len(steps) <= 2 and handle.done.is_set()
     assert scheduler.num_active == 0
+
+
+def test_queue_position_while_the_batch_is_full(runtime) -> None:
+    sched = Scheduler(runtime, max_batch=1)
+    sched.start()
+    try:
+        audio = wav("audio_turn1.wav")[:16000]
+        first = sched.submit(ConversationState(), UserTurn(audio=audio), SamplingParams(max_steps=400, top_k=1))
+        next(iter(first))  # admitted: the only slot is taken
+        waiting = [sched.submit(ConversationState(), UserTurn(audio=audio), SamplingParams(max_steps=3, top_k=1))
+                   for _ in range(2)]
+        assert [sched.queue_position(h) for h in waiting] == [1, 2]
+        first.cancel()
+        for h in waiting:
+            assert len(list(h)) == 3
+        assert sched.queue_position(waiting[0]) is None
+    finally:
+        sched.stop()

@@ -45,7 +45,13 @@ class AudioDelta:
     pcm_24k: np.ndarray = field(repr=False)  # float32 [T]
 
 
-ReplyEvent = UserTranscript | TextDelta | AudioDelta
+@dataclass(frozen=True)
+class QueuePosition:
+    """The turn waits for capacity; `position` turns (this one included) are ahead of it."""
+    position: int
+
+
+ReplyEvent = UserTranscript | TextDelta | AudioDelta | QueuePosition
 
 
 class S2SEngine(Protocol):

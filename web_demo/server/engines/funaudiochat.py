@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from web_demo.server.engines.base import AudioDelta, ReplyEvent, ReplyRequest, TextDelta
+from web_demo.server.engines.base import (
+    AudioDelta, QueuePosition, ReplyEvent, ReplyRequest, TextDelta)
 from web_demo.server.engines.local import WorkerVocoder
 from web_demo.server.errors import EngineDead, EngineError, ServingError
 
@@ -78,6 +79,9 @@ class FunAudioChatEngine:
         conversation.handle, conversation.interrupted = handle, True  # until it completes
         stream = f"{request.session_id}/{request.turn_index}"
         try:
+            position = self._scheduler.queue_position(handle)
+            if position is not None and self._scheduler.num_active >= self._max_batch:
+                yield QueuePosition(position)  # every batch slot is taken: say how long the line is
             async for step in handle:
                 if step.text_piece:
                     yield TextDelta(step.text_piece)
@@ -138,8 +142,11 @@ class FunAudioChatEngine:
 
     def health(self) -> dict[str, Any]:
         vocoder = self._vocoder.health()
-        ready = self._scheduler is not None
-        return {"status": "ok" if ready and vocoder.get("alive") else "degraded",
+        ready = self._scheduler is not None and self._scheduler.alive
+        status = "ok" if ready and vocoder.get("alive") else "degraded"
+        if self._scheduler is not None and not self._scheduler.alive:
+            status = "dead"  # the model thread is gone: /health answers 503
+        return {"status": status,
                 "engine": self.name,
                 "models": {"s2s": str(self._model_path), "tts": vocoder.get("model")},
                 "devices": {"s2s": self._device, "tts": vocoder.get("device")},
