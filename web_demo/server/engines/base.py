@@ -6,7 +6,7 @@ so tests swap in fakes. Engines receive audio in memory (float32 PCM, rate in th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,10 +76,38 @@ class S2SEngine(Protocol):
 
 
 @dataclass(frozen=True)
+class Word:
+    start_s: float
+    end_s: float
+    text: str
+    probability: float | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of speech with its text; times in seconds from the start of the audio."""
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[Word, ...] = ()  # only from engines that time words
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    pcm_16k: np.ndarray = field(repr=False)  # float32 [T]
+    language: str | None = None  # ISO-639-1 (e.g. "en", "zh"); None = detect
+    hotwords: tuple[str, ...] = ()
+    prompt: str | None = None  # context that biases decoding (previous text, terms)
+    temperature: float = 0.0
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
 class Transcription:
     text: str
     language: str | None
     duration_s: float
+    segments: tuple[Segment, ...] = ()
 
 
 class AsrEngine(Protocol):
@@ -89,13 +117,60 @@ class AsrEngine(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def transcribe(self, pcm_16k: np.ndarray, *, language: str | None = None,
-                         hotwords: tuple[str, ...] = ()) -> Transcription: ...
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription: ...
 
     def health(self) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class SynthesisRequest:
+    text: str
+    voice: str | None = None  # speaker id or voice name; None = the engine's default
+    prompt_audio_16k: np.ndarray | None = field(default=None, repr=False)  # zero-shot reference
+    prompt_text: str | None = None  # what the prompt audio says
+    instructions: str | None = None  # style instructions, for engines that take them
+    speed: float = 1.0
+    sample_rate: int | None = None  # output rate; None = the engine's native rate
+
+
+@dataclass(frozen=True)
+class PcmChunk:
+    pcm: np.ndarray = field(repr=False)  # float32 [T]
+    sample_rate: int
+
+
 class TtsEngine(Protocol):
+    name: str
+    sample_rate: int  # native output rate
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[PcmChunk]:
+        """Streams PCM chunks at request.sample_rate (or the native rate)."""
+        ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class VocoderStream(Protocol):
+    """One reply's speech tokens -> 24 kHz PCM, in order; owned by the reply that opened it."""
+
+    async def push(self, tokens: Sequence[int]) -> list[np.ndarray]:
+        """Adds 25 Hz speech tokens; returns the float32 [T] PCM chunks now ready."""
+        ...
+
+    async def finish(self) -> list[np.ndarray]:
+        """Ends the stream; returns the remaining PCM."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drops the stream (barge-in, failure); a no-op after finish()."""
+        ...
+
+
+class Vocoder(Protocol):
     name: str
     sample_rate: int
 
@@ -103,8 +178,6 @@ class TtsEngine(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
-        """Streams float32 PCM chunks at `sample_rate`."""
-        ...
+    def open_stream(self) -> VocoderStream: ...
 
     def health(self) -> dict[str, Any]: ...
