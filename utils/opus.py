@@ -15,6 +15,7 @@ import sphn
 from utils.audio import WIRE_SAMPLE_RATE
 
 OPUS_FRAME_SAMPLES = 960  # sphn's writer emits one 40 ms frame per Ogg page at 24 kHz
+OGG_HEADER_BYTES = 27  # fixed part of an Ogg page header, before the segment table
 
 
 class OpusStreamDecoder:
@@ -24,7 +25,16 @@ class OpusStreamDecoder:
         self._reader = sphn.OpusStreamReader(WIRE_SAMPLE_RATE)
 
     def decode(self, ogg: bytes) -> np.ndarray:
-        pcm = self._reader.append_bytes(ogg)
+        """Raises ValueError on bytes the reader rejects; the stream goes on with later pages.
+
+        sphn keeps rejected bytes buffered and fails on every later call, so the reader is
+        replaced; a fresh one decodes audio pages without the stream's header pages.
+        """
+        try:
+            pcm = self._reader.append_bytes(ogg)
+        except ValueError:
+            self._reader = sphn.OpusStreamReader(WIRE_SAMPLE_RATE)
+            raise
         return np.asarray(pcm, dtype=np.float32)
 
 
@@ -68,16 +78,26 @@ def encode_browser_pages(pcm_24k: np.ndarray) -> list[bytes]:
 
 
 def split_ogg_pages(data: bytes) -> list[bytes]:
-    """Splits an Ogg byte stream into its pages using each page header's segment table."""
+    """Splits an Ogg byte stream into its pages using each page header's segment table.
+
+    Raises ValueError unless `data` is a sequence of whole, well-formed pages (a truncated
+    page fed to the stream reader would corrupt every later page of the connection).
+    """
     pages, pos = [], 0
     while pos < len(data):
-        if data[pos:pos + 4] != b"OggS" or pos + 27 > len(data):
+        if data[pos:pos + 4] != b"OggS" or pos + OGG_HEADER_BYTES > len(data):
             raise ValueError(f"no Ogg page at byte {pos}")
+        if data[pos + 4] != 0:
+            raise ValueError(f"unsupported Ogg version {data[pos + 4]} at byte {pos}")
         n_segments = data[pos + 26]
-        header_end = pos + 27 + n_segments
-        body = sum(data[pos + 27:header_end])
-        pages.append(data[pos:header_end + body])
-        pos = header_end + body
+        header_end = pos + OGG_HEADER_BYTES + n_segments
+        if header_end > len(data):
+            raise ValueError(f"truncated Ogg page header at byte {pos}")
+        page_end = header_end + sum(data[pos + OGG_HEADER_BYTES:header_end])
+        if page_end > len(data):
+            raise ValueError(f"truncated Ogg page at byte {pos}: {page_end - len(data)} bytes missing")
+        pages.append(data[pos:page_end])
+        pos = page_end
     return pages
 
 

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from web_demo.server import protocol
 from web_demo.server.errors import ProtocolError
+from utils.opus import encode_browser_pages
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn, MsgType
+
+
+def tone_pages(seconds: float) -> list[bytes]:
+    t = np.arange(int(seconds * 24000)) / 24000
+    return encode_browser_pages((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
 
 
 def test_handshake_is_type_version_model() -> None:
@@ -30,12 +37,33 @@ def test_metadata_binary_and_json() -> None:
     assert protocol.decode_text(json.dumps({"type": "metadata", "data": data})) == MetadataIn(data)
 
 
-def test_audio_needs_ogg_pages() -> None:
-    assert protocol.decode_binary(b"\x01OggS\x00rest") == AudioIn(b"OggS\x00rest")
-    with pytest.raises(ProtocolError, match="not an Ogg page"):
-        protocol.decode_binary(b"\x01garbage")
+def test_audio_needs_whole_ogg_pages() -> None:
+    pages = tone_pages(0.2)
+    frame = b"".join(pages[2:4])
+    assert protocol.decode_binary(b"\x01" + frame) == AudioIn(frame)
+    for bad, reason in [(b"garbage", "no Ogg page"), (b"OggS\x00rest", "no Ogg page"),
+                        (b"OggS" + bytes(range(60)), "unsupported Ogg version"),
+                        (pages[3][:40], "truncated Ogg page"), (pages[3][:27], "truncated Ogg page"),
+                        (pages[2] + pages[3][:-1], "truncated Ogg page")]:
+        with pytest.raises(ProtocolError, match=reason):
+            protocol.decode_binary(b"\x01" + bad)
     with pytest.raises(ProtocolError, match="empty audio"):
         protocol.decode_binary(b"\x01")
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"n": ' + b"9" * 5000 + b"}", "not acceptable JSON"),
+])
+def test_hostile_json_is_a_protocol_error(payload: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason):
+        protocol.decode_binary(b"\x04" + payload)
+
+
+@pytest.mark.parametrize("action", [["start"], {"a": 1}, 3, None])
+def test_control_action_of_the_wrong_type_is_a_protocol_error(action: object) -> None:
+    with pytest.raises(ProtocolError, match="unknown control action"):
+        protocol.decode_text(json.dumps({"type": "control", "action": action}))
 
 
 @pytest.mark.parametrize("kind", [MsgType.PING, MsgType.TEXT, MsgType.HANDSHAKE])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from utils.opus import split_ogg_pages
 from web_demo.server.errors import ProtocolError
 
 
@@ -39,7 +40,7 @@ HANDSHAKE_FRAME = bytes([MsgType.HANDSHAKE, PROTOCOL_VERSION, MODEL_ID])
 
 _ACTIONS = {"start": Control.START, "endTurn": Control.END_TURN,
             "pause": Control.PAUSE, "restart": Control.RESTART}
-_OGG_CAPTURE = b"OggS"
+MAX_SYSTEM_PROMPT_CHARS = 16_000
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def decode_text(frame: str) -> ClientMessage:
     kind = message.get("type")
     if kind == "control":
         action = message.get("action")
-        if action not in _ACTIONS:
+        if not isinstance(action, str) or action not in _ACTIONS:
             raise ProtocolError(f"unknown control action {action!r}; expected one of {sorted(_ACTIONS)}")
         return ControlIn(_ACTIONS[action])
     if kind == "metadata":
@@ -107,9 +108,12 @@ def decode_text(frame: str) -> ClientMessage:
 def _decode_audio(payload: bytes) -> AudioIn:
     if not payload:
         raise ProtocolError("empty audio frame")
-    # sphn silently decodes garbage to nothing, so reject what cannot be an Ogg page here.
-    if not payload.startswith(_OGG_CAPTURE):
-        raise ProtocolError("audio frame is not an Ogg page (expected whole Ogg/Opus pages)")
+    # sphn silently decodes garbage to nothing and is corrupted by partial pages: only
+    # whole, well-formed Ogg pages may reach it.
+    try:
+        split_ogg_pages(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"audio frame is not whole Ogg/Opus pages: {exc}") from None
     return AudioIn(payload)
 
 
@@ -129,6 +133,10 @@ def _decode_json_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError("payload is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"payload is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ProtocolError("JSON payload is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise ProtocolError(f"payload is not acceptable JSON: {str(exc)[:80]}") from None
     if not isinstance(value, dict):
         raise ProtocolError("JSON payload must be an object")
     return value
