@@ -42,7 +42,7 @@ def test_audio_needs_whole_ogg_pages() -> None:
     frame = b"".join(pages[2:4])
     assert protocol.decode_binary(b"\x01" + frame) == AudioIn(frame)
     for bad, reason in [(b"garbage", "no Ogg page"), (b"OggS\x00rest", "no Ogg page"),
-                        (b"OggS" + bytes(range(60)), "unsupported Ogg version"),
+                        (b"OggS\x01" + bytes(60), "unsupported Ogg version"),
                         (pages[3][:40], "truncated Ogg page"), (pages[3][:27], "truncated Ogg page"),
                         (pages[2] + pages[3][:-1], "truncated Ogg page")]:
         with pytest.raises(ProtocolError, match=reason):
