@@ -59,6 +59,11 @@ class NotFound(BadRequest):
     kind = "not_found"
 
 
+class MethodNotAllowed(BadRequest):
+    http_status = 405
+    kind = "method_not_allowed"
+
+
 class EngineBusy(ServingError):
     """Capacity reached (sessions, pending requests); HTTP answers 503 with Retry-After."""
 
@@ -121,6 +126,18 @@ def error_from_kind(kind: str, message: str, *, retryable: bool | None = None,
                     param: str | None = None) -> ServingError:
     """Rebuilds an error that crossed a process boundary by its `kind` name."""
     return _KINDS.get(kind, EngineError)(message, retryable=retryable, param=param)
+
+
+def error_from_status(status: int, message: str) -> ServingError:
+    """Our error for an HTTP status that aiohttp raised itself (unknown route, wrong method)."""
+    by_status: dict[int, type[ServingError]] = {
+        400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed,
+        413: PayloadTooLarge, 503: EngineBusy}
+    if status in by_status:
+        return by_status[status](message)
+    error = ServingError(message)
+    error.http_status, error.kind = status, "http_error"
+    return error
 
 
 def error_body(message: str, *, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
