@@ -206,9 +206,24 @@ class ResponderConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
+    """How a supervisor runs its worker subprocess and bounds the requests it sends it."""
     ready_timeout_s: float = 300.0  # model loading on a cold disk can be slow
-    close_timeout_s: float = 5.0
+    close_timeout_s: float = 5.0  # per stage of stopping: Shutdown, then SIGTERM, then SIGKILL
     restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+    # No result (or end) of a request within this long fails it with RequestTimeout and
+    # cancels it in the child; it bounds queueing too. Long CPU transcriptions fit in it.
+    request_timeout_s: float = 60.0
+    # The parent pings the child this often; the child's reader thread answers at once.
+    heartbeat_interval_s: float = 1.0
+    # No answer for this long (a frozen or GIL-locked child) kills and restarts the worker.
+    heartbeat_timeout_s: float = 10.0
+    # One handler step (the time to the next result) longer than this is a stuck handler:
+    # killed and restarted. Above request_timeout_s so a slow step times out before it dies.
+    hang_timeout_s: float = 120.0
+    # Admitted and unfinished requests per worker process; one more gets EngineBusy at once.
+    max_pending: int = 256
+    # A request that arrives while the worker restarts waits this long for it to be back.
+    restart_wait_s: float = 30.0
 
 
 # ---- legacy (removed once server.py uses the component configs) ----
