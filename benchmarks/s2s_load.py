@@ -32,10 +32,9 @@ import numpy as np  # noqa: E402
 
 from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample  # noqa: E402
 from utils.opus import encode_browser_pages  # noqa: E402
-from web_demo.server.protocol import Control, MsgType, encode_control  # noqa: E402
+from web_demo.chat_client import PAGE_S, ChatClient, ChatError  # noqa: E402
 
 GAP_TARGET_MS = 100.0
-PAGE_S = 0.04  # 2 x 20 ms Opus frames per page
 
 
 @dataclass
@@ -45,50 +44,20 @@ class ClientStats:
     errors: list[str] = field(default_factory=list)
 
 
-async def speak(ws: aiohttp.ClientWebSocketResponse, pages: list[bytes]) -> None:
-    """Sends pages on a fixed real-time schedule (no drift from sleep overshoot)."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    for i, page in enumerate(pages):
-        await ws.send_bytes(bytes([MsgType.AUDIO]) + page)
-        await asyncio.sleep(max(0.0, t0 + (i + 1) * PAGE_S - loop.time()))
-
-
 async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], turns: int,
                      stats: ClientStats, start_delay_s: float) -> None:
     await asyncio.sleep(start_delay_s)  # stagger connections like real users
     try:
-        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=10)) as ws:
-            await ws.receive(timeout=30)  # handshake
+        # decode=False: the load generator shares the machine, so it skips decoding replies
+        async with await ChatClient.connect(url, http=http, decode=False, timeout_s=30) as chat:
             for _ in range(turns):
-                await ws.send_bytes(encode_control(Control.START))
-                await speak(ws, pages)
-                await ws.send_bytes(encode_control(Control.END_TURN))
-                await receive_reply(ws, time.perf_counter(), stats)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reply = await chat.ask(pages, realtime=True, timeout=60)
+                if reply.first_audio_s is not None:
+                    stats.first_audio_ms.append(reply.first_audio_s * 1000)
+                stats.gaps_ms.extend(gap * 1000 for gap in reply.audio_gaps_s)
+                stats.errors.extend(reply.errors)
+    except (ChatError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         stats.errors.append(f"{type(exc).__name__}: {exc}")
-
-
-async def receive_reply(ws: aiohttp.ClientWebSocketResponse, turn_ended: float,
-                        stats: ClientStats) -> None:
-    last_audio: float | None = None
-    while True:
-        msg = await ws.receive(timeout=60)
-        now = time.perf_counter()
-        if msg.type is not aiohttp.WSMsgType.BINARY:
-            stats.errors.append(f"socket closed mid-reply: {msg.type.name}")
-            return
-        kind = msg.data[0]
-        if kind == MsgType.AUDIO:
-            if last_audio is None:
-                stats.first_audio_ms.append((now - turn_ended) * 1000)
-            else:
-                stats.gaps_ms.append((now - last_audio) * 1000)
-            last_audio = now
-        elif kind == MsgType.ERROR:
-            stats.errors.append(msg.data[1:].decode())
-        elif kind == MsgType.TEXT and msg.data[1:].startswith(b"\n[Final:"):
-            return
 
 
 async def run_level(url: str, n: int, pages: list[bytes], turns: int) -> dict:

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # spawned worker processes inherit sys.path
     sys.path.insert(0, str(ROOT))
 
-from tests.chat_client import ChatClient  # noqa: E402
 from tests.fakes import FakeEngine  # noqa: E402
+from web_demo.chat_client import ChatClient  # noqa: E402
 from web_demo.server.config import ServerConfig, SessionConfig  # noqa: E402
 from web_demo.server.server import make_app  # noqa: E402
 

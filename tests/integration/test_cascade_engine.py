@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.chat_client import tone_pages
 from tests.fakes import FakeAsr
+from tests.helpers import tone_pages
 from tests.integration.test_workers import FAST, wait_until
 from web_demo.server.engines.base import HistoryTurn, ReplyRequest
 from web_demo.server.engines.cascade import CascadeEngine, sentences

@@ -8,8 +8,8 @@ import json
 import aiohttp
 import numpy as np
 
-from tests.chat_client import tone_pages
 from tests.fakes import FakeEngine
+from tests.helpers import tone_pages
 from web_demo.server.protocol import Control
 
 PAGES_1S = tone_pages(1.0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.chat_client import speech_24k, tone_pages
+from tests.helpers import speech_24k, tone_pages
 from tests.integration.test_workers import FAST
 from utils.funaudiochat import SamplingParams
 from utils.opus import encode_browser_pages

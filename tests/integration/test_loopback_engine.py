@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.chat_client import speech_24k
+from tests.helpers import speech_24k
 from utils.opus import encode_browser_pages
 from web_demo.server.engines.loopback import LoopbackEngine
 
