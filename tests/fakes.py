@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from web_demo.server.engines.base import AudioDelta, ReplyEvent, ReplyRequest, TextDelta, UserTranscript
+from web_demo.server.config import WorkerConfig
+from web_demo.server.engines.base import (
+    AudioDelta, PcmChunk, ReplyEvent, ReplyRequest, Segment, SynthesisRequest, TextDelta,
+    Transcription, TranscriptionRequest, UserTranscript)
+from web_demo.server.errors import BadRequest, ServingError
+from web_demo.server.workers.handler import unknown_request
 
 
 _TONE_200MS = (0.3 * np.sin(2 * np.pi * 330 * np.arange(4800) / 24000)).astype(np.float32)
@@ -64,40 +70,191 @@ class FakeEngine:
 
 # ---- worker handlers, loaded by import path inside spawned worker processes -------------
 
+# Short timeouts so that supervisor tests run in seconds; hang_timeout_s stays well above
+# one tiny-model vocoder step on a loaded CI machine.
+FAST = WorkerConfig(ready_timeout_s=30, close_timeout_s=1.0, restart_backoff_s=(0.1, 0.2),
+                    request_timeout_s=20.0, heartbeat_interval_s=0.2, heartbeat_timeout_s=5.0,
+                    hang_timeout_s=10.0, max_pending=64, restart_wait_s=15.0)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Echo:
+    value: Any
+    times: int = 1
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Yields 0..chunks-1, sleeping `seconds` before each."""
+    seconds: float
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Never returns from its first step (sleeps, so the GIL is free and pings are answered)."""
+
+
+@dataclass(frozen=True)
+class Spin:
+    """A handler stuck in a busy Python loop."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Fails with a BadRequest naming a field, as a handler does for bad input."""
+    param: str = "value"
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Fails with an unexpected exception."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A large payload; answered with its size."""
+    data: np.ndarray = field(repr=False)
+
+
 class EchoHandler:
-    """method "echo" yields the payload back `times` times; "sleep" sleeps then yields."""
+    """Serves the request types above; `info()` reports its pid."""
 
     def __init__(self, *, init_delay_s: float = 0.0, fail_init: bool = False,
                  ignore_shutdown: bool = False) -> None:
         time.sleep(init_delay_s)
         if fail_init:
             raise RuntimeError("init failed on purpose")
-        if ignore_shutdown:
-            import signal
-
+        if ignore_shutdown:  # with a Hang request: a handler that never returns to the loop
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            # A handler stuck in native code never returns to the request loop.
-            self._stuck = True
-        self._ignore_shutdown = ignore_shutdown
 
     def info(self) -> dict[str, Any]:
         return {"model": "echo", "device": "cpu", "pid": os.getpid()}
 
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
-        if method == "echo":
-            for _ in range(payload.get("times", 1)):
-                yield payload["value"]
-        elif method == "sleep":
-            for i in range(payload["chunks"]):
-                time.sleep(payload["seconds"])
+    def handle(self, request: object) -> Iterator[Any]:
+        if isinstance(request, Echo):
+            for _ in range(request.times):
+                yield request.value
+        elif isinstance(request, Sleep):
+            for i in range(request.chunks):
+                time.sleep(request.seconds)
                 yield i
-        elif method == "hang":
+        elif isinstance(request, Hang):
             while True:
                 time.sleep(1)
-        elif method == "fail":
-            raise ValueError("bad input on purpose")
+        elif isinstance(request, Spin):
+            while True:
+                pass
+        elif isinstance(request, Reject):
+            raise BadRequest("bad input on purpose", param=request.param)
+        elif isinstance(request, Crash):
+            raise ValueError("crashed on purpose")
+        elif isinstance(request, Blob):
+            yield request.data.nbytes
         else:
-            raise ValueError(f"unknown method {method!r}")
+            raise unknown_request(request)
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """Asks a BatchEchoHandler for the sizes of the batches it has served."""
+
+
+class BatchEchoHandler:
+    """A batching handler: each batch takes `step_s`; Echo(times < 0) fails only itself."""
+
+    def __init__(self, *, max_batch: int = 8, step_s: float = 0.2) -> None:
+        self.max_batch = max_batch
+        self._step_s = step_s
+        self._sizes: list[int] = []
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "batch-echo", "device": "cpu", "max_batch": self.max_batch}
+
+    def handle(self, request: object) -> Iterator[Any]:
+        (outcome,) = self.handle_batch([request])
+        if isinstance(outcome, ServingError):
+            raise outcome
+        yield from outcome
+
+    def handle_batch(self, requests: Sequence[object]) -> list[list[Any] | ServingError]:
+        if all(isinstance(r, BatchSizes) for r in requests):
+            return [[tuple(self._sizes)] for _ in requests]
+        self._sizes.append(len(requests))
+        time.sleep(self._step_s)
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: object) -> list[Any] | ServingError:
+        if not isinstance(request, Echo):
+            return unknown_request(request)
+        if request.times < 0:
+            return BadRequest("times must not be negative", param="times")
+        return [request.value] * request.times
+
+
+@dataclass(frozen=True)
+class OpenCounter:
+    start: int = 0
+
+
+@dataclass(frozen=True)
+class Add:
+    amount: int
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Asks a CounterStreamHandler how many streams it holds and has closed."""
+
+
+@dataclass
+class _Counter:
+    total: int
+    pid: int
+
+
+class CounterStreamHandler:
+    """A stream handler: each stream sums what is pushed; finish yields the total."""
+
+    def __init__(self, *, max_streams: int = 4, device: str = "cpu") -> None:
+        self.max_streams = max_streams
+        self._device = device  # a pool built from devices passes one per member
+        self._open = 0
+        self._closed = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "counter", "device": self._device, "pid": os.getpid()}
+
+    def handle(self, request: object) -> Iterator[Any]:
+        if not isinstance(request, StreamStats):
+            raise unknown_request(request)
+        yield {"open": self._open, "closed": self._closed}
+
+    def open_stream(self, request: object) -> _Counter:
+        if not isinstance(request, OpenCounter):
+            raise unknown_request(request)
+        self._open += 1
+        return _Counter(request.start, os.getpid())
+
+    def push(self, state: _Counter, request: object) -> Iterator[Any]:
+        if not isinstance(request, Add):
+            raise BadRequest(f"expected Add, got {type(request).__name__}", param="amount")
+        state.total += request.amount
+        yield (state.total, state.pid)
+
+    def finish(self, state: _Counter) -> Iterator[Any]:
+        yield ("total", state.total)
+
+    def close(self, state: _Counter) -> None:
+        self._open -= 1
+        self._closed += 1
 
 
 class ToneTtsHandler:
@@ -110,10 +267,12 @@ class ToneTtsHandler:
     def info(self) -> dict[str, Any]:
         return {"model": "tone", "device": "cpu", "pid": os.getpid()}
 
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
+    def handle(self, request: object) -> Iterator[PcmChunk]:
+        if not isinstance(request, SynthesisRequest):
+            raise unknown_request(request)
         for _ in range(self._chunks):
             time.sleep(self._delay)
-            yield _TONE_200MS
+            yield PcmChunk(_TONE_200MS, 24000)
 
 
 @dataclass
@@ -128,10 +287,10 @@ class FakeAsr:
     async def aclose(self) -> None:
         return None
 
-    async def transcribe(self, pcm_16k: np.ndarray, *, language: str | None = None,
-                         hotwords: tuple[str, ...] = ()) -> Any:
-        from web_demo.server.engines.base import Transcription
-        return Transcription(self.text, "en", len(pcm_16k) / 16000)
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        duration_s = len(request.pcm_16k) / 16000
+        return Transcription(self.text, "en", duration_s,
+                             segments=(Segment(0.0, duration_s, self.text),))
 
     def health(self) -> dict[str, Any]:
         return {"model": "fake", "device": "cpu", "alive": True}

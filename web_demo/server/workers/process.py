@@ -3,6 +3,9 @@
 The handler is named by an import path ("package.module:Class") and built inside the
 child, so CUDA is only ever initialised there (spawn start method). The parent drives
 shutdown; the child ignores SIGINT so Ctrl-C in a terminal does not kill it mid-request.
+
+Two threads: the reader takes every message off the pipe, answers pings at once and marks
+cancellations; the serving thread runs the handler one request (or batch) at a time.
 """
 
 from __future__ import annotations
@@ -12,27 +15,39 @@ import logging
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
+from web_demo.server.errors import BadRequest, EngineBusy, ServingError
+from web_demo.server.workers.handler import DEFAULT_MAX_STREAMS, BatchHandler, Handler, StreamHandler
 from web_demo.server.workers.ipc import (
-    Cancel, Chunk, Done, Failed, InitFailed, Ready, Request, Shutdown, ToChild)
+    Cancel,
+    CloseStream,
+    Done,
+    InitFailed,
+    OpenStream,
+    Ping,
+    Pong,
+    Ready,
+    Request,
+    RequestMessage,
+    Result,
+    Shutdown,
+    StreamFinish,
+    StreamPush,
+    ToParent,
+    failure,
+)
 
 logger = logging.getLogger(__name__)
 
-
-class WorkerHandler(Protocol):
-    """What a worker serves. Built once per process with the supervisor's init kwargs."""
-
-    def info(self) -> dict[str, Any]: ...
-
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
-        """Yields result chunks; raising fails only this request."""
-        ...
+_Queued = RequestMessage | CloseStream  # what the reader hands to the serving thread
 
 
-def load_handler(path: str, init_kwargs: dict[str, Any]) -> WorkerHandler:
+def load_handler(path: str, init_kwargs: dict[str, Any]) -> Handler:
     module_name, _, attr = path.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(**init_kwargs)  # type: ignore[no-any-return]
@@ -41,48 +56,215 @@ def load_handler(path: str, init_kwargs: dict[str, Any]) -> WorkerHandler:
 def worker_main(conn: Connection, handler_path: str, init_kwargs: dict[str, Any],
                 log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
     try:
         handler = load_handler(handler_path, init_kwargs)
     except Exception as exc:
         logger.exception("worker init failed")
         conn.send(InitFailed(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(Ready(handler.info()))
-    inbox: queue.SimpleQueue[ToChild] = queue.SimpleQueue()
-    cancelled: set[int] = set()
-    threading.Thread(target=_read_loop, args=(conn, inbox, cancelled), daemon=True).start()
-    while not isinstance(message := inbox.get(), Shutdown):
-        if isinstance(message, Request):
-            _serve(handler, message, conn, cancelled)
+    _Server(handler, conn).run()
 
 
-def _read_loop(conn: Connection, inbox: queue.SimpleQueue[ToChild], cancelled: set[int]) -> None:
-    """Cancels take effect between chunks of the request being served, so read them here."""
-    try:
+class _Server:
+    """Serves one handler over one pipe; owns the streams' state."""
+
+    def __init__(self, handler: Handler, conn: Connection) -> None:
+        self._handler = handler
+        self._conn = conn
+        self._send_lock = threading.Lock()  # the reader thread sends pongs, this one results
+        self._inbox: queue.SimpleQueue[_Queued | Shutdown] = queue.SimpleQueue()
+        self._backlog: deque[_Queued | Shutdown] = deque()  # drained from the inbox to form batches
+        self._cancelled: set[int] = set()
+        self._step_started: float | None = None  # read by the reader thread for pongs
+        self._streams: dict[int, Any] = {}
+        self._batcher = handler if isinstance(handler, BatchHandler) and handler.max_batch > 1 else None
+        self._max_streams: int = getattr(handler, "max_streams", DEFAULT_MAX_STREAMS)
+
+    def run(self) -> None:
+        self._send(Ready(self._handler.info()))
+        threading.Thread(target=self._read_loop, daemon=True, name="worker-reader").start()
+        while not isinstance(message := self._next(), Shutdown):
+            self._serve(message)
+
+    def _send(self, message: ToParent) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _read_loop(self) -> None:
+        """Cancels take effect between steps of the request being served, so read them here."""
+        try:
+            while True:
+                message = self._conn.recv()
+                if isinstance(message, Ping):
+                    started = self._step_started
+                    self._send(Pong(message.seq, None if started is None
+                                    else time.monotonic() - started))
+                elif isinstance(message, Cancel):
+                    self._cancelled.add(message.request_id)
+                else:
+                    self._inbox.put(message)
+        except (EOFError, OSError):
+            self._inbox.put(Shutdown())  # the parent is gone
+
+    def _next(self) -> _Queued | Shutdown:
+        return self._backlog.popleft() if self._backlog else self._inbox.get()
+
+    def _serve(self, message: _Queued) -> None:
+        if isinstance(message, CloseStream):
+            try:
+                self._close_stream(message.stream_id)
+            except Exception:
+                logger.exception("closing stream %d failed", message.stream_id)
+            return
+        rid = message.request_id
+        if self._take_cancelled(rid):  # cancelled while still queued
+            return
+        try:
+            self._dispatch(message)
+        except Exception as exc:
+            self._fail(rid, exc)
+        finally:
+            self._cancelled.discard(rid)
+
+    def _dispatch(self, message: RequestMessage) -> None:
+        if isinstance(message, Request) and self._batcher is not None:
+            self._serve_batch(self._batcher, [message, *self._same_type_queued(self._batcher, message)])
+        elif isinstance(message, Request):
+            body = message.body
+            self._run(message.request_id, lambda: self._handler.handle(body))
+        elif isinstance(message, OpenStream):
+            self._open_stream(message)
+        elif isinstance(message, StreamPush):
+            self._push(message)
+        else:
+            self._finish_stream(message)
+
+    def _run(self, rid: int, start: Callable[[], Iterable[Any]]) -> None:
+        """Runs `start()` and steps its iterator, timing each step for the parent's pings."""
+        results: Iterator[Any] | None = None
+        try:
+            while rid not in self._cancelled:
+                self._step_started = time.monotonic()
+                try:
+                    if results is None:
+                        results = iter(start())
+                    result = next(results)
+                except StopIteration:
+                    self._send(Done(rid))
+                    return
+                finally:
+                    self._step_started = None
+                self._send(Result(rid, result))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # runs the handler's cleanup when it was cancelled mid-way
+
+    def _fail(self, rid: int, exc: Exception) -> None:
+        if isinstance(exc, ServingError):
+            logger.info("request %d failed: %s: %s", rid, type(exc).__name__, exc)
+        else:
+            logger.exception("request %d failed", rid)
+        self._send(failure(rid, exc))
+
+    def _take_cancelled(self, rid: int) -> bool:
+        if rid in self._cancelled:
+            self._cancelled.discard(rid)
+            return True
+        return False
+
+    # ---- batching -----------------------------------------------------------------
+
+    def _same_type_queued(self, batcher: BatchHandler, first: Request) -> list[Request]:
+        """Up to max_batch - 1 queued requests of first's type; the rest keep their order."""
         while True:
-            message = conn.recv()
-            if isinstance(message, Cancel):
-                cancelled.add(message.request_id)
+            try:
+                self._backlog.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        taken: list[Request] = []
+        kept: deque[_Queued | Shutdown] = deque()
+        for message in self._backlog:
+            if (len(taken) < batcher.max_batch - 1 and isinstance(message, Request)
+                    and type(message.body) is type(first.body)):
+                taken.append(message)
             else:
-                inbox.put(message)
-    except (EOFError, OSError):
-        inbox.put(Shutdown())  # the parent is gone
+                kept.append(message)
+        self._backlog = kept
+        return taken
 
+    def _serve_batch(self, batcher: BatchHandler, requests: list[Request]) -> None:
+        live = [r for r in requests if not self._take_cancelled(r.request_id)]
+        try:
+            outcomes: list[list[Any] | Exception] = (
+                list(self._batch_outcomes(batcher, [r.body for r in live])) if live else [])
+        except Exception as exc:
+            logger.exception("a batch of %d requests failed", len(live))
+            outcomes = [exc] * len(live)
+        for request, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._send(failure(request.request_id, outcome))
+                continue
+            for result in outcome:
+                self._send(Result(request.request_id, result))
+            self._send(Done(request.request_id))
+        for request in requests:
+            self._cancelled.discard(request.request_id)
 
-def _serve(handler: WorkerHandler, request: Request, conn: Connection, cancelled: set[int]) -> None:
-    rid = request.request_id
-    if rid in cancelled:  # cancelled while still queued
-        cancelled.discard(rid)
-        return
-    try:
-        for chunk in handler.handle(request.method, request.payload):
-            if rid in cancelled:
-                return
-            conn.send(Chunk(rid, chunk))
-        conn.send(Done(rid))
-    except Exception as exc:
-        logger.exception("request %d (%s) failed", rid, request.method)
-        conn.send(Failed(rid, f"{type(exc).__name__}: {exc}"))
-    finally:
-        cancelled.discard(rid)
+    def _batch_outcomes(self, batcher: BatchHandler,
+                        bodies: list[Any]) -> list[list[Any] | ServingError]:
+        self._step_started = time.monotonic()
+        try:
+            outcomes = batcher.handle_batch(bodies)
+        finally:
+            self._step_started = None
+        if len(outcomes) != len(bodies):
+            raise RuntimeError(f"handle_batch returned {len(outcomes)} outcomes "
+                               f"for {len(bodies)} requests")
+        return outcomes
+
+    # ---- streams ------------------------------------------------------------------
+
+    def _stream_handler(self) -> StreamHandler:
+        if not isinstance(self._handler, StreamHandler):
+            raise BadRequest("this worker serves no streams")
+        return self._handler
+
+    def _stream(self, stream_id: int) -> Any:
+        if stream_id not in self._streams:
+            raise BadRequest(f"no open stream {stream_id} (finished, closed or never opened)")
+        return self._streams[stream_id]
+
+    def _open_stream(self, message: OpenStream) -> None:
+        handler = self._stream_handler()
+        if message.stream_id in self._streams:
+            raise BadRequest(f"stream {message.stream_id} is already open")
+        if len(self._streams) >= self._max_streams:
+            raise EngineBusy(f"too many open streams ({self._max_streams})")
+        self._step_started = time.monotonic()
+        try:
+            self._streams[message.stream_id] = handler.open_stream(message.body)
+        finally:
+            self._step_started = None
+        self._send(Done(message.request_id))
+
+    def _push(self, message: StreamPush) -> None:
+        handler = self._stream_handler()
+        state, body = self._stream(message.stream_id), message.body
+        self._run(message.request_id, lambda: handler.push(state, body))
+
+    def _finish_stream(self, message: StreamFinish) -> None:
+        handler = self._stream_handler()
+        state = self._stream(message.stream_id)
+        del self._streams[message.stream_id]
+        try:
+            self._run(message.request_id, lambda: handler.finish(state))
+        finally:
+            handler.close(state)
+
+    def _close_stream(self, stream_id: int) -> None:
+        state = self._streams.pop(stream_id, None)
+        if state is not None:
+            self._stream_handler().close(state)
