@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.fakes import FakeAsr
+from tests.fakes import FAST, FakeAsr, wait_until
 from tests.helpers import tone_pages
-from tests.integration.test_workers import FAST, wait_until
 from web_demo.server.engines.base import HistoryTurn, ReplyRequest
 from web_demo.server.engines.cascade import CascadeEngine, sentences
 from web_demo.server.engines.local import WorkerTtsEngine
@@ -36,17 +35,22 @@ async def test_tts_worker_sigkill_mid_turn(chat_server) -> None:
     await victim.turn(PAGES)
     started = await victim.receive_for(0.8)
     assert started.audio_pages, "the reply should be streaming when the worker dies"
-    os.kill(tts.worker.pid, signal.SIGKILL)
+    os.kill(tts.worker.health()["pid"], signal.SIGKILL)
+    await wait_until(lambda: not tts.worker.alive)
+    await bystander.turn(PAGES)  # arrives while the worker restarts: it waits, then is served
     reply = await victim.receive_reply()
-    assert any("tts worker died" in e and "retry" in e for e in reply.errors), reply.errors
+    assert any("tts worker died (killed by SIGKILL)" in e and "retry" in e
+               for e in reply.errors), reply.errors
     health = await (await client.get("/health")).json()
     assert health["status"] in ("degraded", "ok")
+    assert health["workers"]["tts"]["last_exit"] == "killed by SIGKILL"
+    reply = await bystander.receive_reply()
+    assert reply.errors == [] and len(reply.audio_pages) > 10  # it never noticed
     await wait_until(lambda: tts.worker.alive)
     assert tts.worker.health()["restarts"] == 1
-    for chat in (victim, bystander):  # next turns work; the bystander never noticed
-        await chat.turn(PAGES)
-        reply = await chat.receive_reply()
-        assert reply.errors == [] and len(reply.audio_pages) > 10
+    await victim.turn(PAGES)  # the victim's next turn works
+    reply = await victim.receive_reply()
+    assert reply.errors == [] and len(reply.audio_pages) > 10
     assert (await (await client.get("/health")).json())["status"] == "ok"
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.integration.test_workers import FAST
+from tests.fakes import FAST
 from utils.cosyvoice3.streaming import Token2Wav
 from web_demo.server.engines.local import WorkerVocoder
-from web_demo.server.errors import EngineError
+from web_demo.server.errors import BadRequest
+from web_demo.server.workers.vocoder_worker import SpeechTokens, VocoderStreamRequest
 
 pytestmark = pytest.mark.slow
 CV3 = Path(__file__).resolve().parents[1] / "fixtures" / "cosyvoice3"
@@ -37,13 +38,15 @@ async def test_streams_per_reply_and_matches_in_process(speaker_npy: Path, golde
     await vocoder.start()
     try:
         assert vocoder.health()["mode"] == "cached"
+        streams = {"a": vocoder.open_stream(), "b": vocoder.open_stream()}
         chunks: dict[str, list[np.ndarray]] = {"a": [], "b": []}
         for start in range(0, len(tokens), 5):  # one LLM step = 5 speech tokens
-            for stream in ("a", "b"):  # two replies interleaved, each its own state
+            for name, stream in streams.items():  # two replies interleaved, each its own state
                 group = tokens[start:start + 5] + ([6562] if start + 5 >= len(tokens) else [])
-                chunks[stream] += await vocoder.push(stream, group)
-        for stream in chunks:
-            chunks[stream] += await vocoder.finish(stream)
+                chunks[name] += await stream.push(group)
+        for name, stream in streams.items():
+            chunks[name] += await stream.finish()
+            await stream.aclose()  # a no-op after finish
         a, b = (np.concatenate(chunks[s]) for s in ("a", "b"))
         np.testing.assert_array_equal(a, b)
         assert len(chunks["a"]) > 2  # audio arrived before the end of the reply
@@ -52,9 +55,30 @@ async def test_streams_per_reply_and_matches_in_process(speaker_npy: Path, golde
         expected = np.concatenate([local.push(tokens), local.finalize()])
         assert len(a) == len(expected) == 960 * len(tokens)  # 25 Hz tokens -> 24 kHz
         np.testing.assert_allclose(a, expected, atol=5e-4)
-        await vocoder.push("c", tokens[:10])
-        await vocoder.close("c")  # barge-in: dropped, a new push starts a fresh stream
-        with pytest.raises(EngineError, match="unknown method"):
-            await vocoder.worker.call("transcribe", {"stream": "x"})
+        barged = vocoder.open_stream()
+        await barged.push(tokens[:10])
+        await barged.aclose()  # barge-in: dropped in the worker without its tail
+    finally:
+        await vocoder.aclose()
+
+
+async def test_bad_input_is_a_bad_request(speaker_npy: Path) -> None:
+    vocoder = WorkerVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
+        "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker_npy)})
+    await vocoder.start()
+    try:
+        worker = vocoder.worker
+        async with worker.open_stream(VocoderStreamRequest()) as stream:
+            with pytest.raises(BadRequest, match="must be integers") as info:
+                await stream.push(SpeechTokens(("12", 13)))  # type: ignore[arg-type]
+            assert info.value.param == "tokens"
+            with pytest.raises(BadRequest, match="does not serve list"):
+                await stream.push([1, 2, 3])  # not a SpeechTokens
+            assert await stream.push(SpeechTokens((1, 2, 3))) == []  # still usable
+        with pytest.raises(BadRequest, match="unknown speaker") as info:
+            await worker.open_stream(VocoderStreamRequest(speaker="nobody")).open()
+        assert info.value.param == "speaker"
+        with pytest.raises(BadRequest, match="does not serve SpeechTokens"):
+            await worker.call(SpeechTokens((1, 2)))  # tokens only go to a stream
     finally:
         await vocoder.aclose()

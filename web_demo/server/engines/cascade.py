@@ -8,12 +8,15 @@ whole reply is known.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from utils.audio import WIRE_SAMPLE_RATE
 from web_demo.server.engines.base import (
-    AsrEngine, AudioDelta, ReplyEvent, ReplyRequest, TextDelta, TtsEngine, UserTranscript)
+    AsrEngine, AudioDelta, ReplyEvent, ReplyRequest, SynthesisRequest, TextDelta,
+    TranscriptionRequest, TtsEngine, UserTranscript)
 from web_demo.server.engines.responder import Responder
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？；])\s+|\n+")
@@ -41,12 +44,17 @@ class CascadeEngine:
         await self._asr.aclose()
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
-        heard = await self._asr.transcribe(request.user_audio_16k, language=self._language)
+        heard = await self._asr.transcribe(
+            TranscriptionRequest(request.user_audio_16k, language=self._language))
         yield UserTranscript(heard.text)
         async for sentence in sentences(self._responder.respond(request, heard.text)):
             yield TextDelta(sentence)
-            async for pcm_24k in self._tts.synthesize(sentence.strip(), voice=self._voice):
-                yield AudioDelta(pcm_24k)
+            speech = SynthesisRequest(sentence.strip(), voice=self._voice,
+                                      sample_rate=WIRE_SAMPLE_RATE)
+            # TtsEngine.synthesize is typed AsyncIterator, but engines return async generators.
+            async with contextlib.aclosing(self._tts.synthesize(speech)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    yield AudioDelta(chunk.pcm)
 
     def end_session(self, session_id: str) -> None:
         return None

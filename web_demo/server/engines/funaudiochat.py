@@ -9,7 +9,6 @@ so a new turn only prefills its new tokens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from web_demo.server.engines.base import (
     AudioDelta, QueuePosition, ReplyEvent, ReplyRequest, TextDelta)
 from web_demo.server.engines.local import WorkerVocoder
-from web_demo.server.errors import EngineDead, EngineError, ServingError
+from web_demo.server.errors import EngineDead, EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class FunAudioChatEngine:
         except RuntimeError as exc:
             raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
         conversation.handle, conversation.interrupted = handle, True  # until it completes
-        stream = f"{request.session_id}/{request.turn_index}"
+        voice = self._vocoder.open_stream()  # this reply's vocoder state, in the worker
         try:
             position = self._scheduler.queue_position(handle)
             if position is not None and self._scheduler.num_active >= self._max_batch:
@@ -86,16 +85,15 @@ class FunAudioChatEngine:
                 if step.text_piece:
                     yield TextDelta(step.text_piece)
                 if step.speech_tokens:
-                    for pcm_24k in await self._vocoder.push(stream, step.speech_tokens):
+                    for pcm_24k in await voice.push(step.speech_tokens):
                         yield AudioDelta(pcm_24k)
-            for pcm_24k in await self._vocoder.finish(stream):
+            for pcm_24k in await voice.finish():
                 yield AudioDelta(pcm_24k)
             conversation.interrupted = False
         finally:
             if conversation.interrupted:  # barge-in, client gone or a failure: stop both halves
                 handle.cancel()
-                with contextlib.suppress(ServingError):
-                    await self._vocoder.close(stream)
+            await voice.aclose()  # a no-op after finish()
 
     async def _conversation(self, request: ReplyRequest) -> _Conversation:
         """The session's state, brought in line with the history the session kept."""

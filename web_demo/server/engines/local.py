@@ -1,31 +1,52 @@
-"""ASR, TTS and vocoder engines backed by local worker subprocesses (workers/supervisor.py)."""
+"""ASR, TTS and vocoder engines backed by local worker subprocesses (workers/).
+
+Each engine holds a WorkerClient: one supervised process, or a pool with one process per
+device; it cannot tell which. The typed requests and results cross the pipe unchanged.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import numpy as np
 
 from utils.audio import WIRE_SAMPLE_RATE
 from web_demo.server.config import WorkerConfig
-from web_demo.server.engines.base import Transcription
-from web_demo.server.workers.supervisor import WorkerSupervisor
+from web_demo.server.engines.base import (
+    PcmChunk,
+    SynthesisRequest,
+    Transcription,
+    TranscriptionRequest,
+    VocoderStream,
+)
+from web_demo.server.errors import EngineError
+from web_demo.server.workers.client import WorkerClient
+from web_demo.server.workers.pool import make_worker
+from web_demo.server.workers.supervisor import WorkerStream
+from web_demo.server.workers.vocoder_worker import SpeechTokens, VocoderStreamRequest
 
 
 class _WorkerBacked:
-    """Lifetime and health of the one worker process behind an engine."""
+    """Lifetime and health of the worker process(es) behind an engine.
+
+    Pass `worker` (a supervisor or a pool) or let the engine build one from `handler`,
+    `init_kwargs` and `devices` (more than one device -> a pool, one process per device).
+    """
 
     default_handler = ""
 
-    def __init__(self, *, name: str, init_kwargs: dict[str, Any], handler: str | None = None,
-                 cfg: WorkerConfig = WorkerConfig()) -> None:
+    def __init__(self, *, name: str, worker: WorkerClient | None = None,
+                 handler: str | None = None, init_kwargs: dict[str, Any] | None = None,
+                 devices: Sequence[str] | None = None, cfg: WorkerConfig = WorkerConfig()) -> None:
         self.name = name
-        self._worker = WorkerSupervisor(name=name, handler=handler or self.default_handler,
-                                        init_kwargs=init_kwargs, cfg=cfg)
+        self._worker = worker or make_worker(
+            name=name, handler=handler or self.default_handler, init_kwargs=init_kwargs or {},
+            devices=devices, cfg=cfg)
 
     @property
-    def worker(self) -> WorkerSupervisor:
+    def worker(self) -> WorkerClient:
         return self._worker
 
     async def start(self) -> None:
@@ -39,23 +60,22 @@ class _WorkerBacked:
 
 
 class WorkerAsrEngine(_WorkerBacked):
-    """Transcribes in a worker running FasterWhisperHandler (or any "transcribe" handler)."""
+    """Transcribes in a worker running FasterWhisperHandler (or any TranscriptionRequest handler)."""
 
     default_handler = "web_demo.server.workers.asr_worker:FasterWhisperHandler"
 
     def __init__(self, *, name: str = "asr", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    async def transcribe(self, pcm_16k: np.ndarray, *, language: str | None = None,
-                         hotwords: tuple[str, ...] = ()) -> Transcription:
-        (result,) = await self._worker.call(
-            "transcribe", {"pcm_16k": pcm_16k, "language": language, "hotwords": list(hotwords)})
-        return Transcription(text=result["text"], language=result["language"],
-                             duration_s=result["duration_s"])
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        results = await self._worker.call(request)
+        if len(results) != 1 or not isinstance(results[0], Transcription):
+            raise EngineError(f"{self.name} worker returned {results!r:.200}, not one Transcription")
+        return results[0]
 
 
 class WorkerTtsEngine(_WorkerBacked):
-    """Synthesises text in a worker running EspeakHandler (or any "synthesize" handler)."""
+    """Synthesises in a worker running EspeakHandler (or any SynthesisRequest handler)."""
 
     default_handler = "web_demo.server.workers.tts_worker:EspeakHandler"
     sample_rate = WIRE_SAMPLE_RATE
@@ -63,9 +83,10 @@ class WorkerTtsEngine(_WorkerBacked):
     def __init__(self, *, name: str = "tts", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
-        async for pcm_24k in self._worker.stream("synthesize", {"text": text, "voice": voice}):
-            yield pcm_24k
+    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
+        async with contextlib.aclosing(self._worker.stream(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 class WorkerVocoder(_WorkerBacked):
@@ -77,12 +98,25 @@ class WorkerVocoder(_WorkerBacked):
     def __init__(self, *, name: str = "tts", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    async def push(self, stream_id: str, tokens: list[int]) -> list[np.ndarray]:
-        return await self._worker.call("push", {"stream": stream_id, "tokens": tokens})
+    def open_stream(self) -> VocoderStream:
+        return _WorkerVocoderStream(self._worker.open_stream(VocoderStreamRequest()))
 
-    async def finish(self, stream_id: str) -> list[np.ndarray]:
-        return await self._worker.call("finish", {"stream": stream_id})
 
-    async def close(self, stream_id: str) -> None:
-        if self._worker.alive:
-            await self._worker.call("close", {"stream": stream_id})
+class _WorkerVocoderStream:
+    """A VocoderStream over one WorkerStream (opened in the worker on the first push)."""
+
+    def __init__(self, stream: WorkerStream) -> None:
+        self._stream = stream
+
+    async def push(self, tokens: Sequence[int]) -> list[np.ndarray]:
+        return _pcm(await self._stream.push(SpeechTokens(tuple(tokens))))
+
+    async def finish(self) -> list[np.ndarray]:
+        return _pcm(await self._stream.finish())
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _pcm(chunks: list[PcmChunk]) -> list[np.ndarray]:
+    return [chunk.pcm for chunk in chunks]

