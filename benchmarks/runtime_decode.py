@@ -12,11 +12,6 @@ step_time / 0.2 s (below 1 is faster than real time).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
 import argparse
 import json
 import logging

@@ -21,18 +21,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+import numpy as np
+
+from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample
+from utils.opus import encode_browser_pages
+from web_demo.chat_client import PAGE_S, ChatClient, ChatError
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample  # noqa: E402
-from utils.opus import encode_browser_pages  # noqa: E402
-from web_demo.chat_client import PAGE_S, ChatClient, ChatError  # noqa: E402
 
 GAP_TARGET_MS = 100.0
 
@@ -89,7 +88,7 @@ def start_server(max_sessions: int, send_ahead: float) -> tuple[subprocess.Popen
         [sys.executable, "-m", "web_demo.server.server", "--engine", "loopback", "--host",
          "127.0.0.1", "--port", str(port), "--max-sessions", str(max_sessions),
          "--send-ahead", str(send_ahead), "--log-level", "WARNING"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cwd=ROOT)
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -105,7 +104,7 @@ def print_table(rows: list[dict]) -> None:
             "gap_p99_ms", "gap_max_ms", "errors", "wall_s"]
     print(" | ".join(f"{c:>18}" for c in cols))
     for row in rows:
-        print(" | ".join(f"{str(row[c]):>18}" for c in cols))
+        print(" | ".join(f"{row[c]!s:>18}" for c in cols))
 
 
 def main(argv: list[str] | None = None) -> None:

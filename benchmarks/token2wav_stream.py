@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+from utils.cosyvoice3.config import flow_config_from_tree, hift_config_from_tree, load_json_tree
+from utils.cosyvoice3.loading import build_modules, place
+from utils.cosyvoice3.noise import build_noise
+from utils.cosyvoice3.streaming import StreamMode, Token2Wav
 
-from utils.cosyvoice3.config import flow_config_from_tree, hift_config_from_tree, load_json_tree  # noqa: E402
-from utils.cosyvoice3.loading import build_modules, place  # noqa: E402
-from utils.cosyvoice3.noise import build_noise  # noqa: E402
-from utils.cosyvoice3.streaming import StreamMode, Token2Wav  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("token2wav_bench")
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages for the CPU engines, then .venv with pinned packages.
+# Idempotent set-up: system packages for the CPU engines, then .venv with pinned packages and
+# this project installed editable (pyproject.toml).
 #   scripts/setup.sh            CPU path (what CI and the tests use)
 #   GPU=1 scripts/setup.sh      also installs requirements-gpu.txt
 set -euo pipefail
@@ -25,7 +26,8 @@ if ((${#missing[@]})); then
 fi
 
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt ${GPU:+requirements-gpu.txt} | sha256sum | cut -d' ' -f1)
+# pyproject.toml is in the stamp: the editable install below reads it (packages, metadata).
+want=$(cat requirements.txt ${GPU:+requirements-gpu.txt} pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -x .venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]]; then
     echo "[setup] .venv is up to date"
     exit 0
@@ -36,5 +38,10 @@ echo "[setup] installing Python packages into .venv"
 if [[ -n "${GPU:-}" ]]; then
     .venv/bin/pip install -q --disable-pip-version-check -r requirements-gpu.txt
 fi
+# The project itself, editable, so scripts/ and benchmarks/ import web_demo and utils from
+# anywhere; --no-deps because the pins above are the dependencies.
+echo "[setup] installing the project (editable)"
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+rm -rf ./*.egg-info  # build metadata setuptools leaves in the tree; the install keeps its own copy
 echo "$want" > "$stamp"
 echo "[setup] done"

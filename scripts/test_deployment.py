@@ -17,14 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import aiohttp
 
-import aiohttp  # noqa: E402
-
-from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample, write_wav_atomic  # noqa: E402
-from utils.opus import encode_browser_pages  # noqa: E402
-from web_demo.chat_client import ChatClient, ChatError, Reply  # noqa: E402
+from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample, write_wav_atomic
+from utils.opus import encode_browser_pages
+from web_demo.chat_client import ChatClient, ChatError, Reply
 
 BUILT_IN_QUESTION = "Hello, can you hear me? What is the capital of France?"
 

@@ -1,21 +1,15 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # spawned worker processes inherit sys.path
-    sys.path.insert(0, str(ROOT))
-
-from tests.fakes import FakeEngine  # noqa: E402
-from web_demo.chat_client import ChatClient  # noqa: E402
-from web_demo.server.config import ServerConfig, SessionConfig  # noqa: E402
-from web_demo.server.server import make_app  # noqa: E402
+from tests.fakes import FakeEngine
+from web_demo.chat_client import ChatClient
+from web_demo.server.config import ServerConfig, SessionConfig
+from web_demo.server.server import make_app
 
 ChatFactory = Callable[..., Awaitable[tuple[Any, Callable[..., Awaitable[ChatClient]]]]]
 
