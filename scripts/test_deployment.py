@@ -3,8 +3,9 @@
 
     python scripts/test_deployment.py --host localhost --port 8002 [--wav question.wav]
 
-Prints the reply text and the end-of-turn to first-audio latency, saves the reply as a WAV,
-and exits non-zero on any failure (no handshake, an error frame, no audio, a timeout).
+Prints the reply text and the end-of-turn to first-audio latency, saves the reply as a WAV
+(default output/reply.wav in the repository, which git ignores) and prints its path, and
+exits non-zero on any failure (no handshake, an error frame, no audio, a timeout).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample, write_wav_atomic
 from utils.opus import encode_browser_pages
 from web_demo.chat_client import ChatClient, ChatError, Reply
 
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "output" / "reply.wav"
 BUILT_IN_QUESTION = "Hello, can you hear me? What is the capital of France?"
 
 
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="localhost")
     p.add_argument("--port", type=int, default=8002)
     p.add_argument("--wav", type=Path, help="question to send (default: built-in speech)")
-    p.add_argument("--out", type=Path, default=Path("reply.wav"))
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="where the reply WAV goes (default: output/reply.wav in the repository)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for any frame")
     p.add_argument("--fast", action="store_true", help="send the audio at once, not in real time")
     p.add_argument("--api-key", default=None, help="the server's --api-key, if it has one")
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server heard:   {reply.transcripts[0]}")
     print(f"reply text:     {reply.final_text}")
     print(f"first audio:    {reply.first_audio_s * 1000:.0f} ms after end of turn")
-    print(f"reply audio:    {len(audio) / WIRE_SAMPLE_RATE:.2f} s -> {a.out}")
+    print(f"reply audio:    {len(audio) / WIRE_SAMPLE_RATE:.2f} s")
+    print(f"saved reply:    {a.out.resolve()}")
     print("OK")
     return 0
 
