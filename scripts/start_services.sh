@@ -25,21 +25,52 @@ start() {  # name, then the command
     echo "[start] $name started (pid $!), log: logs/$name.log"
 }
 
-wait_healthy() {  # name, port
-    local name=$1 port=$2
-    for _ in $(seq 1 600); do
-        if .venv/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=2)" 2>/dev/null; then
-            echo "[start] $name healthy: http://127.0.0.1:$port/health"
-            return 0
-        fi
+health_state() {  # port -> one word: ok, loading, failed, dead, down (no answer) or http-NNN
+    .venv/bin/python - "$1" 2>/dev/null <<'PY' || echo down
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2):
+        print("ok")
+except urllib.error.HTTPError as exc:  # 503 {"status": "loading"} while the models load
+    try:
+        body = json.loads(exc.read())
+    except ValueError:
+        body = None
+    status = body.get("status") if isinstance(body, dict) else None
+    print(status if status in ("loading", "failed", "dead") else f"http-{exc.code}")
+except OSError:
+    print("down")
+PY
+}
+
+wait_healthy() {  # name, port[, seconds]: until /health answers 200, the server fails, or the deadline
+    local name=$1 port=$2 limit=${3:-${HEALTH_TIMEOUT_S:-600}}
+    local started=$SECONDS state=down
+    local deadline=$((started + limit)) next_report=$((started + 10))
+    while ((SECONDS < deadline)); do
+        state=$(health_state "$port")
+        case $state in
+            ok)
+                echo "[start] $name healthy after $((SECONDS - started)) s: http://127.0.0.1:$port/health"
+                return 0 ;;
+            failed|dead)
+                echo "[start] $name reports status '$state'; last log lines:" >&2
+                tail -20 "logs/$name.log" >&2
+                return 1 ;;
+        esac
         if ! kill -0 "$(cat "run/$name.pid")" 2>/dev/null; then
             echo "[start] $name EXITED; last log lines:" >&2
             tail -20 "logs/$name.log" >&2
             return 1
         fi
+        if ((SECONDS >= next_report)); then
+            echo "[start] waiting for $name: $state, $((SECONDS - started)) s of $limit s"
+            next_report=$((SECONDS + 10))
+        fi
         sleep 1
     done
-    echo "[start] $name not healthy after 600 s; see logs/$name.log" >&2
+    echo "[start] $name not healthy after $limit s (last: $state); last log lines:" >&2
+    tail -20 "logs/$name.log" >&2
     return 1
 }
 
