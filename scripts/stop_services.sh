@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Stops exactly the processes that start_services.sh recorded in run/*.pid (never by name).
+# SIGTERM drains each server: in-flight turns and requests finish (up to its --drain-timeout,
+# 30 s by default), then it stops its workers and exits. STOP_TIMEOUT (45 s) later: SIGKILL.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+STOP_TIMEOUT="${STOP_TIMEOUT:-45}"
 shopt -s nullglob
 for pidfile in run/*.pid; do
     name=$(basename "$pidfile" .pid)
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
-        kill -INT "$pid"  # graceful: the server stops its worker processes itself
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -TERM "$pid"
+        deadline=$((SECONDS + STOP_TIMEOUT))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
         if kill -0 "$pid" 2>/dev/null; then
-            echo "[stop] $name (pid $pid) did not exit in 15 s; killing"
+            echo "[stop] $name (pid $pid) did not exit in ${STOP_TIMEOUT} s; killing"
             kill -KILL "$pid"
         fi
         echo "[stop] $name stopped (pid $pid)"

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,45 +27,73 @@ _TONE_200MS = (0.3 * np.sin(2 * np.pi * 330 * np.arange(4800) / 24000)).astype(n
 class FakeEngine:
     """Replies with `text_pieces` and `audio_s` of a 330 Hz tone, in 200 ms steps.
 
-    Records every request, and the loop time at which each reply was cancelled.
+    Records every request, every conversation it opened, and the loop time at which each
+    reply that did not run to its end was stopped (cancelled or closed).
     """
     name: str = "fake"
     audio_s: float = 1.0
     step_delay_s: float = 0.0
     text_pieces: tuple[str, ...] = ("Hello ", "there.")
     fail_with: Exception | None = None
+    start_delay_s: float = 0.0
+    first_events: Callable[[ReplyRequest], Sequence[ReplyEvent]] | None = None  # yielded first
     requests: list[ReplyRequest] = field(default_factory=list)
-    cancelled_at: list[float] = field(default_factory=list)
-    ended_sessions: list[str] = field(default_factory=list)
+    stopped_at: list[float] = field(default_factory=list)
+    conversations: dict[str, FakeConversation] = field(default_factory=dict)
 
     async def start(self) -> None:
-        return None
+        await asyncio.sleep(self.start_delay_s)
 
     async def aclose(self) -> None:
         return None
 
-    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
-        self.requests.append(request)
-        try:
-            yield UserTranscript(f"heard {len(request.user_audio_16k)} samples")
-            if self.fail_with is not None:
-                raise self.fail_with
-            for piece in self.text_pieces:
-                yield TextDelta(piece)
-            steps = round(self.audio_s / 0.2)
-            for step in range(steps):
-                if self.step_delay_s:
-                    await asyncio.sleep(self.step_delay_s)
-                yield AudioDelta(_TONE_200MS)
-        except asyncio.CancelledError:
-            self.cancelled_at.append(asyncio.get_running_loop().time())
-            raise
-
-    def end_session(self, session_id: str) -> None:
-        self.ended_sessions.append(session_id)
+    def open_session(self, session_id: str, *, history_turns: int) -> FakeConversation:
+        conversation = FakeConversation(self, history_turns)
+        self.conversations[session_id] = conversation
+        return conversation
 
     def health(self) -> dict[str, Any]:
         return {"engine": self.name, "models": {}}
+
+
+@dataclass
+class FakeConversation:
+    engine: FakeEngine
+    history_turns: int
+    committed: list[str] = field(default_factory=list)  # heard text of each finished reply
+    resets: int = 0
+    closed: bool = False
+
+    async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
+        engine = self.engine
+        engine.requests.append(request)
+        finished = False
+        try:
+            for event in engine.first_events(request) if engine.first_events else ():
+                yield event
+            yield UserTranscript(f"heard {len(request.user_audio_16k)} samples")
+            if engine.fail_with is not None:
+                raise engine.fail_with
+            for piece in engine.text_pieces:
+                yield TextDelta(piece)
+            for _ in range(round(engine.audio_s / 0.2)):
+                if engine.step_delay_s:
+                    await asyncio.sleep(engine.step_delay_s)
+                yield AudioDelta(_TONE_200MS)
+            finished = True
+        finally:
+            if not finished:
+                engine.stopped_at.append(asyncio.get_running_loop().time())
+
+    def commit_reply(self, heard_text: str) -> None:
+        self.committed.append(heard_text)
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.committed.clear()
+
+    async def aclose(self) -> None:
+        self.closed = True
 
 
 # ---- worker handlers, loaded by import path inside spawned worker processes -------------

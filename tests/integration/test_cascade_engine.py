@@ -12,13 +12,20 @@ from aiohttp import web
 
 from tests.fakes import FAST, FakeAsr, wait_until
 from tests.helpers import tone_pages
-from web_demo.server.engines.base import HistoryTurn, ReplyRequest
+from web_demo.server.engines.base import PcmChunk, ReplyRequest, SynthesisRequest
 from web_demo.server.engines.cascade import CascadeEngine, sentences
 from web_demo.server.engines.local import WorkerTtsEngine
-from web_demo.server.engines.responder import EchoResponder, OpenAIChatResponder
+from web_demo.server.engines.responder import ChatTurn, EchoResponder, OpenAIChatResponder
 from web_demo.server.errors import EngineError
 
 PAGES = tone_pages(0.5)
+
+
+class ToneTts:
+    name, sample_rate = "tone", 24000
+
+    async def synthesize(self, request: SynthesisRequest):  # noqa: ANN201
+        yield PcmChunk(np.zeros(2400, np.float32), 24000)
 
 
 def tone_cascade(chunk_delay_s: float = 0.1) -> tuple[CascadeEngine, WorkerTtsEngine]:
@@ -42,7 +49,7 @@ async def test_tts_worker_sigkill_mid_turn(chat_server) -> None:
     assert any("tts worker died (killed by SIGKILL)" in e and "retry" in e
                for e in reply.errors), reply.errors
     health = await (await client.get("/health")).json()
-    assert health["status"] in ("degraded", "ok")
+    assert health["status"] in ("degraded", "healthy")
     assert health["workers"]["tts"]["last_exit"] == "killed by SIGKILL"
     reply = await bystander.receive_reply()
     assert reply.errors == [] and len(reply.audio_pages) > 10  # it never noticed
@@ -51,7 +58,22 @@ async def test_tts_worker_sigkill_mid_turn(chat_server) -> None:
     await victim.turn(PAGES)  # the victim's next turn works
     reply = await victim.receive_reply()
     assert reply.errors == [] and len(reply.audio_pages) > 10
-    assert (await (await client.get("/health")).json())["status"] == "ok"
+    assert (await (await client.get("/health")).json())["status"] == "healthy"
+
+
+async def test_conversation_history_holds_what_was_heard_capped() -> None:
+    engine, _ = tone_cascade()
+    engine.tts = ToneTts()  # in-process: this test is about the history, not the worker
+    conversation = engine.open_session("s", history_turns=2)
+    for i in range(3):
+        async for _ in conversation.reply(ReplyRequest(turn_index=i, system_prompt=None,
+                                                       user_audio_16k=np.zeros(1600, np.float32))):
+            pass
+        conversation.commit_reply(f"reply {i}")
+    assert [(t.user, t.assistant) for t in conversation.history] == [
+        (FakeAsr.text, "reply 1"), (FakeAsr.text, "reply 2")]
+    conversation.reset()
+    assert conversation.history == ()
 
 
 async def test_sentences_regroups_stream() -> None:
@@ -82,8 +104,8 @@ async def test_openai_responder_streams_and_sends_history(aiohttp_server) -> Non
     responder = OpenAIChatResponder(base_url=str(server.make_url("/v1")), model="m", api_key="k")
     await responder.start()
     try:
-        request = ReplyRequest("s", 1, "Be brief.", (HistoryTurn(np.zeros(1), "hi", "hello"),), np.zeros(1))
-        text = "".join([p async for p in responder.respond(request, "capital of France?")])
+        history = (ChatTurn(user="hi", assistant="hello"),)
+        text = "".join([p async for p in responder.respond("Be brief.", history, "capital of France?")])
     finally:
         await responder.aclose()
     assert text == "Paris is the capital."
@@ -103,7 +125,7 @@ async def test_openai_responder_http_error_is_engine_error(aiohttp_server) -> No
     await responder.start()
     try:
         with pytest.raises(EngineError, match="HTTP 503") as info:
-            async for _ in responder.respond(ReplyRequest("s", 0, None, (), np.zeros(1)), "hi"):
+            async for _ in responder.respond(None, (), "hi"):
                 pass
         assert info.value.retryable
     finally:

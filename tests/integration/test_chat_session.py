@@ -30,7 +30,8 @@ async def test_full_turn_streams_status_text_audio_final(chat_server) -> None:
     assert np.abs(reply.pcm_24k[4800:19200]).mean() > 0.05
     (request,) = engine.requests
     assert abs(len(request.user_audio_16k) - 16000) <= 640  # 16 kHz for models
-    assert request.history == ()
+    (conversation,) = engine.conversations.values()
+    assert conversation.committed == ["Hello there."]  # the whole reply reached the client
 
 
 async def test_records_from_handshake_without_start(chat_server) -> None:
@@ -92,7 +93,7 @@ async def test_oversized_frame_closes_with_1009_and_others_unaffected(chat_serve
 
 async def test_turn_longer_than_limit_is_truncated_with_error(chat_server) -> None:
     engine = FakeEngine(audio_s=0.2)
-    _, connect = await chat_server(engine, session={"max_turn_s": 0.5})
+    _, connect = await chat_server(engine, max_turn_s=0.5)
     chat = await connect()
     await chat.turn(PAGES_1S)
     reply = await chat.receive_reply()
@@ -123,18 +124,19 @@ async def test_system_prompt_applies_from_next_turn(chat_server) -> None:
 
 async def test_history_accumulates_caps_and_restart_clears(chat_server) -> None:
     engine = FakeEngine(audio_s=0.2)
-    _, connect = await chat_server(engine, session={"history_turns": 2})
+    _, connect = await chat_server(engine, history_turns=2)
     chat = await connect()
     for _ in range(4):
         await chat.turn(PAGES_1S)
         await chat.receive_reply()
-    assert [len(r.history) for r in engine.requests] == [0, 1, 2, 2]
-    assert engine.requests[1].history[0].assistant_text == "Hello there."
-    assert engine.requests[1].history[0].user_text.startswith("heard")
+    (conversation,) = engine.conversations.values()
+    assert conversation.history_turns == 2  # the engine's conversation applies the cap
+    assert conversation.committed == ["Hello there."] * 4
     await chat.control(Control.RESTART)
     await chat.turn(PAGES_1S)
     await chat.receive_reply()
-    assert engine.requests[-1].history == ()
+    assert conversation.resets == 1 and conversation.committed == ["Hello there."]
+    assert [r.turn_index for r in engine.requests] == [0, 1, 2, 3, 4]
 
 
 async def test_barge_in_cancels_within_100ms_and_keeps_new_speech(chat_server) -> None:
@@ -150,7 +152,7 @@ async def test_barge_in_cancels_within_100ms_and_keeps_new_speech(chat_server) -
     await chat.control(Control.START)
     await chat.send_pages(tone_pages(0.6, freq=880))  # the user talks over the reply
     await asyncio.sleep(0.1)
-    assert engine.cancelled_at and engine.cancelled_at[0] - sent_start_at < 0.1
+    assert engine.stopped_at and engine.stopped_at[0] - sent_start_at < 0.1
     late = await chat.receive_for(0.5)
     assert late.audio_pages == [] and late.final is None
     await chat.control(Control.END_TURN)
@@ -158,12 +160,12 @@ async def test_barge_in_cancels_within_100ms_and_keeps_new_speech(chat_server) -
     assert reply.final is not None
     second = engine.requests[1]
     assert abs(len(second.user_audio_16k) - 0.6 * 16000) <= 640  # all the new speech
-    (interrupted,) = second.history
-    assert interrupted.assistant_text == "Hello there."  # what was sent before barge-in
+    (conversation,) = engine.conversations.values()
+    assert conversation.committed[0] == "Hello there."  # what was sent before barge-in
 
 
 async def test_pings_during_silence(chat_server) -> None:
-    _, connect = await chat_server(session={"ping_interval_s": 0.1})
+    _, connect = await chat_server(ping_interval_s=0.1)
     chat = await connect()
     got = await chat.receive_for(0.55)
     assert 3 <= got.pings <= 6
@@ -186,15 +188,12 @@ async def test_max_sessions_refuses_with_1013_and_admitted_unaffected(chat_serve
 
 
 async def test_concurrent_sessions_each_get_only_their_reply(chat_server) -> None:
-    class TaggedEngine(FakeEngine):
-        async def reply(self, request):  # the reply text names the turn's audio length
-            from web_demo.server.engines.base import TextDelta
-            yield TextDelta(f"len={len(request.user_audio_16k)}")
-            async for event in super().reply(request):
-                if not isinstance(event, TextDelta):
-                    yield event
+    from web_demo.server.engines.base import TextDelta
 
-    engine = TaggedEngine(audio_s=0.6, step_delay_s=0.05)
+    def tag(request):  # the reply text names the turn's audio length
+        return [TextDelta(f"len={len(request.user_audio_16k)}")]
+
+    engine = FakeEngine(audio_s=0.6, step_delay_s=0.05, text_pieces=(), first_events=tag)
     _, connect = await chat_server(engine)
     clients = [await connect() for _ in range(8)]
 
@@ -243,7 +242,7 @@ async def test_engine_error_becomes_error_frame_and_next_turn_works(chat_server)
 async def test_save_audio_writes_input_and_reply_wavs(chat_server, tmp_path) -> None:
     import soundfile as sf
     engine = FakeEngine(audio_s=0.4)
-    _, connect = await chat_server(engine, session={"save_audio": True, "output_dir": tmp_path})
+    _, connect = await chat_server(engine, save_audio=True, output_dir=tmp_path)
     chat = await connect()
     await chat.turn(PAGES_1S)
     await chat.receive_reply()
@@ -258,7 +257,7 @@ async def test_save_audio_writes_input_and_reply_wavs(chat_server, tmp_path) -> 
 async def test_health_and_index(chat_server) -> None:
     client, _ = await chat_server()
     health = await (await client.get("/health")).json()
-    assert health["engine"] == "fake" and health["status"] == "ok"
+    assert health["engine"] == "fake" and health["status"] == "healthy"
     assert (await client.get("/")).status == 200
 
 
@@ -268,7 +267,8 @@ async def test_session_end_releases_engine_state(chat_server) -> None:
     chat = await connect()
     await chat.ws.close()
     await asyncio.sleep(0.1)
-    assert len(engine.ended_sessions) == 1
+    (conversation,) = engine.conversations.values()
+    assert conversation.closed
 
 
 async def test_api_key_required_when_configured(chat_server) -> None:
@@ -287,13 +287,7 @@ async def test_api_key_required_when_configured(chat_server) -> None:
 async def test_queue_position_is_an_opt_in_extra(chat_server) -> None:
     from web_demo.server.engines.base import QueuePosition
 
-    class QueuedEngine(FakeEngine):
-        async def reply(self, request):
-            yield QueuePosition(3)
-            async for event in super().reply(request):
-                yield event
-
-    _, connect = await chat_server(QueuedEngine(audio_s=0.2))
+    _, connect = await chat_server(FakeEngine(audio_s=0.2, first_events=lambda r: [QueuePosition(3)]))
     plain, extra = await connect(), await connect("?extras=1")
     for chat in (plain, extra):
         await chat.turn(PAGES_1S)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from tests.fakes import FAST, wait_until
 from tests.helpers import speech_24k, tone_pages
-from tests.integration.test_workers import FAST
 from utils.funaudiochat import SamplingParams
 from utils.opus import encode_browser_pages
 from web_demo.server.engines.funaudiochat import FunAudioChatEngine
@@ -35,13 +35,35 @@ def speaker_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+class CountingVocoder(WorkerVocoder):
+    """Counts the speech codes pushed to each stream (what the audio length must match)."""
+
+    codes_per_stream: list[int]
+
+    def open_stream(self):  # noqa: ANN201
+        stream, counts = super().open_stream(), self.codes_per_stream
+        counts.append(0)
+        push = stream.push
+
+        async def counting_push(tokens):  # noqa: ANN001, ANN202
+            counts[-1] += sum(1 for t in tokens if 0 <= t < 6561)
+            return await push(tokens)
+
+        stream.push = counting_push  # type: ignore[method-assign]
+        return stream
+
+
 def tiny_engine(speaker_npy: Path, max_steps: int) -> FunAudioChatEngine:
-    vocoder = WorkerVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
+    vocoder = CountingVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
         "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker_npy)})
+    vocoder.codes_per_stream = []
     return FunAudioChatEngine(
         model_path=FAC / "model", tokenizer_path=FAC / "tokenizers" / "substitute_text_tokenizer",
-        device="cpu", vocoder=vocoder, history_turns=8,
-        sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
+        device="cpu", vocoder=vocoder, sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
+
+
+def live_conversations(engine: FunAudioChatEngine) -> list:  # noqa: ANN001
+    return list(engine.conversations.values())
 
 
 async def test_turns_stream_tokens_through_the_vocoder_and_keep_history(chat_server, speaker_npy) -> None:
@@ -51,19 +73,18 @@ async def test_turns_stream_tokens_through_the_vocoder_and_keep_history(chat_ser
     await chat.turn(encode_browser_pages(speech_24k("hello")))
     first = await chat.receive_reply(timeout=120)
     assert first.errors == [] and first.texts[0] == "[Processing...]"
-    # 12 steps: <|audio_bos|> first, then one 5-token speech group per step (unless the
-    # random model ends speech early) -> 0.2 s of audio per group.
-    state = engine._conversations[next(iter(engine._conversations))].state
-    groups = len(state.last_generated_ids) - 1
-    assert 0 < groups <= 11
-    # every speech token becomes 960 samples; Opus pads the tail to whole 40 ms pages
-    assert abs(len(first.pcm_24k) - groups * 5 * SAMPLES_PER_TOKEN) <= 4 * 960, (len(first.pcm_24k), groups)
+    # Every speech code pushed to the vocoder comes back as 960 samples (25 Hz -> 24 kHz);
+    # Opus framing adds at most one 40 ms frame of padding and the decoder lags ~155 samples.
+    (codes,) = engine.vocoder.codes_per_stream
+    assert 0 < codes <= 11 * 5
+    assert abs(len(first.pcm_24k) - codes * SAMPLES_PER_TOKEN) <= 2 * 960
     health = await (await client.get("/health")).json()
-    assert health["engine"] == "funaudiochat" and health["workers"]["tts"]["alive"]
+    assert health["engine"] == "funaudiochat" and health["workers"]["vocoder"]["alive"]
     await chat.turn(tone_pages(1.0))
     second = await chat.receive_reply(timeout=120)
     assert second.errors == [] and second.final is not None
-    roles = [role for role, _ in state.history]
+    (conversation,) = live_conversations(engine)
+    roles = [role for role, _ in conversation._state.history]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
 
 
@@ -75,20 +96,19 @@ async def test_barge_in_cancels_generation_and_history_keeps_what_was_sent(chat_
     started = await chat.receive_until_audio()  # the reply is streaming
     await chat.control(Control.START)
     await chat.send_pages(tone_pages(0.5, freq=700))
-    await asyncio.sleep(0.3)
-    conversation = next(iter(engine._conversations.values()))
-    assert conversation.handle.done.is_set()  # the scheduler dropped the row
-    assert engine._scheduler.num_active == 0
+    (conversation,) = live_conversations(engine)
+    await wait_until(conversation._handle.done.is_set, timeout=2)  # the scheduler's next step
+    assert engine.scheduler.num_active == 0
     in_flight = await chat.receive_for(0.2)  # sent before the server read `start`
     started.texts += in_flight.texts
     late = await chat.receive_for(0.5)
     assert late.audio_pages == []
-    engine._sampling = SamplingParams(top_k=1, max_steps=6, seed=0)  # keep the next turn short
+    engine.sampling = SamplingParams(top_k=1, max_steps=6, seed=0)  # keep the next turn short
     await chat.control(Control.END_TURN)
     reply = await chat.receive_reply(timeout=120)
     assert reply.errors == []
     sent_before = "".join(t for t in started.texts[1:] if not t.startswith("\n[Final"))
-    assert conversation.state.history[2] == ("assistant", sent_before)
+    assert conversation._state.history[2] == ("assistant", sent_before)
 
 
 async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> None:
@@ -99,4 +119,5 @@ async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> 
         await chat.turn(tone_pages(0.5 + 0.3 * i, freq=300 + 100 * i))
     replies = await asyncio.gather(*(c.receive_reply(timeout=120) for c in chats))
     assert all(r.errors == [] and len(r.audio_pages) > 0 for r in replies)
-    assert len(engine._conversations) == 3
+    assert len(live_conversations(engine)) == 3
+    assert len(engine.vocoder.codes_per_stream) == 3  # one vocoder stream per reply

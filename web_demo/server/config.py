@@ -14,7 +14,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly and naturally."
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
 C = TypeVar("C")
@@ -29,10 +28,15 @@ class FlagSpec:
     env: str | None = None  # read when the flag is not given (secrets stay out of `ps`)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and shows every default."""
+
+
 def flag(default: Any, help: str, *, name: str, type: Callable[[str], Any] | None = None,
-         choices: Sequence[str] | None = None, env: str | None = None) -> Any:
-    """A dataclass field that is also a command-line flag."""
-    return field(default=default, metadata={"flag": FlagSpec(name, help, type, choices, env)})
+         choices: Sequence[str] | None = None, env: str | None = None, secret: bool = False) -> Any:
+    """A dataclass field that is also a command-line flag; a secret is left out of repr()."""
+    return field(default=default, repr=not secret,
+                 metadata={"flag": FlagSpec(name, help, type, choices, env)})
 
 
 def _spec(f: Any) -> FlagSpec | None:
@@ -88,7 +92,7 @@ class HttpConfig:
     port: int = flag(8002, "port; bound before any model loads", name="--port")
     api_key: str | None = flag(None, "require this key on every route but /health and the demo "
                                "page (Authorization: Bearer KEY; WebSockets may use ?api_key=KEY)",
-                               name="--api-key", env="FAC_API_KEY")
+                               name="--api-key", env="FAC_API_KEY", secret=True)
     drain_timeout_s: float = flag(30.0, "on SIGTERM: seconds to let in-flight turns and requests "
                                   "finish before sockets close", name="--drain-timeout")
     log_level: str = flag("INFO", "log level", name="--log-level",
@@ -114,14 +118,14 @@ class ChatConfig:
     max_turn_s: float = flag(60.0, "user audio beyond this in one turn is dropped (with a 0x05 frame)",
                              name="--max-turn-seconds")
     send_ahead_s: float = flag(0.5, "seconds of reply audio sent ahead of real time", name="--send-ahead")
-    default_system_prompt: str = flag(DEFAULT_SYSTEM_PROMPT, "default system prompt",
-                                      name="--system-prompt")
+    default_system_prompt: str = flag("", "system prompt of every session until its client sets "
+                                      "one (empty: the engine's own)", name="--system-prompt")
     save_audio: bool = flag(False, "write each turn's input and reply WAV", name="--save-audio")
     output_dir: Path = flag(Path("output"), "where --save-audio writes", name="--output-dir", type=Path)
-    max_outbox_frames: int = flag(512, "frames queued for a client that does not read before it is "
-                                  "closed (1008)", name="--max-outbox-frames")
-    write_timeout_s: float = flag(10.0, "a send blocked this long (client not reading) closes the "
-                                  "socket", name="--write-timeout")
+    max_outbox_frames: int = flag(512, "frames queued for a client that does not read before its "
+                                  "connection is cut", name="--max-outbox-frames")
+    write_timeout_s: float = flag(10.0, "a send blocked this long (client not reading) cuts the "
+                                  "connection", name="--write-timeout")
     ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",
                                  name="--ws-heartbeat")
 
@@ -201,68 +205,28 @@ class ResponderConfig:
     llm_url: str | None = flag(None, "OpenAI-compatible base URL (e.g. http://host:8000/v1); without "
                                "it the cascade engine echoes what it heard", name="--llm-url")
     llm_model: str | None = flag(None, "model name sent to --llm-url", name="--llm-model")
-    llm_api_key: str | None = flag(None, "key for --llm-url", name="--llm-api-key", env="LLM_API_KEY")
+    llm_api_key: str | None = flag(None, "key for --llm-url", name="--llm-api-key", env="LLM_API_KEY",
+                                     secret=True)
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """How a supervisor runs its worker subprocess and bounds the requests it sends it."""
-    ready_timeout_s: float = 300.0  # model loading on a cold disk can be slow
+    ready_timeout_s: float = flag(300.0, "seconds a worker may take to load its model",
+                                  name="--worker-ready-timeout")
     close_timeout_s: float = 5.0  # per stage of stopping: Shutdown, then SIGTERM, then SIGKILL
     restart_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
-    # No result (or end) of a request within this long fails it with RequestTimeout and
-    # cancels it in the child; it bounds queueing too. Long CPU transcriptions fit in it.
-    request_timeout_s: float = 60.0
-    # The parent pings the child this often; the child's reader thread answers at once.
+    # It bounds queueing too; long CPU transcriptions fit in the default.
+    request_timeout_s: float = flag(60.0, "a worker request with no result for this long fails "
+                                    "(504) and is cancelled in the worker", name="--worker-timeout")
+    # The child's reader thread answers pings at once, whatever its handler is doing.
     heartbeat_interval_s: float = 1.0
-    # No answer for this long (a frozen or GIL-locked child) kills and restarts the worker.
-    heartbeat_timeout_s: float = 10.0
-    # One handler step (the time to the next result) longer than this is a stuck handler:
-    # killed and restarted. Above request_timeout_s so a slow step times out before it dies.
-    hang_timeout_s: float = 120.0
-    # Admitted and unfinished requests per worker process; one more gets EngineBusy at once.
-    max_pending: int = 256
-    # A request that arrives while the worker restarts waits this long for it to be back.
-    restart_wait_s: float = 30.0
-
-
-# ---- legacy (removed once server.py uses the component configs) ----
-@dataclass(frozen=True)
-class SessionConfig:
-    """Per-connection behaviour of /api/chat."""
-    history_turns: int = 8  # finished turns kept as context; older ones are dropped
-    ping_interval_s: float = 10.0  # a 0x06 frame after this long with nothing sent
-    max_turn_s: float = 60.0  # user audio beyond this is dropped with a 0x05 frame
-    send_ahead_s: float = 0.5  # reply audio may run this far ahead of real time
-    default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    save_audio: bool = False
-    output_dir: Path = Path("output")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8002
-    engine: str = "auto"  # auto | funaudiochat | cascade | loopback
-    model_path: Path = Path("pretrained_models/Fun-Audio-Chat-8B")
-    tokenizer_path: Path | None = None
-    tts_model_path: Path = Path("pretrained_models/Fun-CosyVoice3-0.5B-2512")
-    tts_gpu: int = 0
-    tts_dtype: str = "float32"  # float16/bfloat16 halve the vocoder's GPU time and memory
-    tts_mode: str = "cached"  # cached | upstream-fac | upstream-native
-    tts_speaker_embedding: Path | None = None  # .npy [192]; default: spk2info in the model dir
-    s2s_device: str = "auto"  # auto = cuda:0 with a GPU, else cpu
-    max_batch: int = 32  # sessions decoded together in one step
-    asr_device: str = "auto"  # auto | cpu | cuda | cuda:N
-    asr_model: str | None = None  # CTranslate2 Whisper directory for the cascade engine
-    asr_language: str | None = None
-    tts_voice: str = "en-us"  # espeak-ng voice for the cascade engine
-    llm_url: str | None = None  # OpenAI-compatible base URL, e.g. http://host:8000/v1
-    llm_model: str | None = None
-    llm_api_key: str | None = None
-    api_key: str | None = None  # when set, /api/chat needs it (Bearer header or ?api_key=)
-    max_sessions: int = 64
-    max_frame_bytes: int = 256 * 1024  # larger WebSocket frames close the socket (1009)
-    session: SessionConfig = field(default_factory=SessionConfig)
-    workers: WorkerConfig = field(default_factory=WorkerConfig)
-    static_dir: Path = CLIENT_DIR
+    heartbeat_timeout_s: float = flag(10.0, "a worker that misses heartbeats this long (frozen) is "
+                                      "killed and restarted", name="--worker-heartbeat-timeout")
+    # Above request_timeout_s, so a slow step times out before the worker is killed.
+    hang_timeout_s: float = flag(120.0, "one handler step running this long (stuck) kills and "
+                                 "restarts the worker", name="--worker-hang-timeout")
+    max_pending: int = flag(256, "requests admitted per worker process; one more is refused "
+                            "with 503 at once", name="--worker-max-pending")
+    restart_wait_s: float = flag(30.0, "a request that arrives while its worker restarts waits "
+                                 "this long for it", name="--worker-restart-wait")

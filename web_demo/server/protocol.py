@@ -95,14 +95,14 @@ def decode_text(frame: str) -> ClientMessage:
     if kind == "control":
         action = message.get("action")
         if not isinstance(action, str) or action not in _ACTIONS:
-            raise ProtocolError(f"unknown control action {action!r}; expected one of {sorted(_ACTIONS)}")
+            raise ProtocolError(f"unknown control action {action!r:.40}; expected one of {sorted(_ACTIONS)}")
         return ControlIn(_ACTIONS[action])
     if kind == "metadata":
         data = message.get("data")
         if not isinstance(data, dict):
             raise ProtocolError("metadata 'data' must be a JSON object")
         return MetadataIn(data)
-    raise ProtocolError(f"unknown JSON message type {kind!r}; expected 'control' or 'metadata'")
+    raise ProtocolError(f"unknown JSON message type {kind!r:.40}; expected 'control' or 'metadata'")
 
 
 def _decode_audio(payload: bytes) -> AudioIn:

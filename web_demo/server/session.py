@@ -3,17 +3,25 @@
 Data path, in the order bytes flow:
   receive loop: 0x01 Ogg pages -> OpusStreamDecoder -> PCM 24 kHz -> turn buffer
   end of turn:  PCM 24 kHz -> 16 kHz -> ReplyRequest -> reply task
-  reply task:   engine.reply() events -> paced (real time + send_ahead) -> outbox
+  reply task:   conversation.reply() events -> paced (real time + send_ahead) -> outbox
   write loop:   outbox -> OpusStreamEncoder (audio) -> ws.send_bytes; pings in silences
 
-Barge-in (a `start` while a reply runs) bumps the reply epoch: the write loop drops every
-queued item of older epochs, the reply task is cancelled (which cancels generation and
-vocoding inside the engine), and history keeps only the text that reached the client.
+The receive loop, the write loop and the reply tasks run in one task group: a crash in any
+of them closes the socket with 1011 and a 0x05 frame instead of leaving a silent socket.
+Barge-in (a `start` while a reply runs) bumps the reply epoch, so the write loop drops
+every queued item of older epochs, and cancels the reply task and waits for it, so the
+engine has stopped generating and vocoding before the next client frame is read. The
+conversation is told how much of the reply reached the client; only that stays in history.
+
+Memory per connection is bounded: the outbox holds at most --max-outbox-frames items and a
+send blocked for --write-timeout seconds means the client is not reading; either way the
+connection is aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -21,21 +29,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample, write_wav_atomic
 from utils.opus import OpusStreamDecoder, OpusStreamEncoder
 from web_demo.server import protocol
-from web_demo.server.config import SessionConfig
+from web_demo.server.config import ChatConfig
 from web_demo.server.engines.base import (
-    AudioDelta, HistoryTurn, QueuePosition, ReplyRequest, S2SEngine, TextDelta, UserTranscript)
-from web_demo.server.errors import ProtocolError, ServingError
+    AudioDelta, QueuePosition, ReplyRequest, S2SConversation, S2SEngine, TextDelta, UserTranscript)
+from web_demo.server.errors import EngineDead, ProtocolError, ServingError
+from web_demo.server.lifecycle import Lifecycle
+from web_demo.server.metrics import Metrics
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
 
 logger = logging.getLogger(__name__)
 
 PROCESSING_TEXT = "[Processing...]"  # upstream's status frame; old clients display it
 PACE_SAMPLES_24K = 960  # reply audio leaves in 40 ms units, one Opus frame each
+LOGGED_BAD_FRAMES = 3  # per session; the rest are counted in the close line
 
 
 @dataclass
@@ -44,22 +55,24 @@ class ReplyProgress:
     request: ReplyRequest
     epoch: int
     turn_ended_at: float  # loop time of the endTurn/pause that triggered the reply
-    user_text: str | None = None
     produced_text: list[str] = field(default_factory=list)
     sent_text: list[str] = field(default_factory=list)
     sent_audio_24k: list[np.ndarray] = field(default_factory=list)  # only with save_audio
     first_audio_at: float | None = None
     first_text_at: float | None = None
+    failed: bool = False
+    finished: bool = False
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One outbox item. `epoch` None means session-level (errors, metadata)."""
+    """One outbox item. `epoch` None means session-level (errors, metadata, pings)."""
     frame: bytes | None = None  # a ready frame
     pcm_24k: np.ndarray | None = None  # audio still to encode
     epoch: int | None = None
     text: str | None = None  # the text a 0x02 frame carries, for history
     end_of_reply: bool = False  # flush the encoder, report latency, commit history
+    close_code: int | None = None  # close the socket after sending this item's frame
 
 
 class PlaybackClock:
@@ -79,58 +92,79 @@ class PlaybackClock:
 
 
 class ChatSession:
-    """One WebSocket conversation; created and closed by the /api/chat handler."""
+    """One WebSocket conversation; created and run by the /api/chat handler."""
 
-    def __init__(self, ws: web.WebSocketResponse, *, engine: S2SEngine, cfg: SessionConfig,
+    def __init__(self, ws: web.WebSocketResponse, *, engine: S2SEngine, cfg: ChatConfig,
+                 lifecycle: Lifecycle, metrics: Metrics, transport: asyncio.Transport | None,
                  extras: bool = False, session_id: str | None = None) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self._ws = ws
+        self._transport = transport  # aborted when the client stops reading
         self._engine = engine
         self._cfg = cfg
+        self._lifecycle = lifecycle
+        self._metrics = metrics
         self._extras = extras  # opt-in 0x04 frames that old clients do not know
         self._decoder = OpusStreamDecoder()
         self._encoder = OpusStreamEncoder()
-        self._outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(cfg.max_outbox_frames)
         self._recording = True  # from the handshake on, as upstream's client expects
         self._turn_chunks_24k: list[np.ndarray] = []
         self._turn_samples = 0
         self._turn_overflowed = False
-        self._history: list[HistoryTurn] = []
-        self._system_prompt = cfg.default_system_prompt
+        self._system_prompt = cfg.default_system_prompt or None  # None: the engine's own
         self._turn_index = 0
         self._epoch = 0
         self._progress: ReplyProgress | None = None
         self._reply_task: asyncio.Task[None] | None = None
-        self._cancelled_replies: set[asyncio.Task[None]] = set()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._conversation: S2SConversation | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._bad_frames = 0
+        self._aborted: str | None = None  # why the connection was cut, if it was
 
     # ---- lifetime -------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serves the connection until the client leaves; always cleans up."""
-        self._writer_task = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        self._conversation = self._engine.open_session(self.id, history_turns=self._cfg.history_turns)
         self._emit(Outgoing(frame=protocol.HANDSHAKE_FRAME))
         try:
-            await self._receive_loop()
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                writer = tasks.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+                await self._receive_loop()
+                await self._interrupt_reply()  # the client is gone: stop its reply
+                writer.cancel()
+        except* Exception as failure:
+            logger.error("session %s crashed", self.id, exc_info=failure.exceptions[0])
+            await self._close_after_crash()
         finally:
-            await self.aclose()
+            await self._aclose()
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._interrupt_reply()
-        for task in list(self._cancelled_replies):
-            await _wait_cancelled(task)
-        if self._writer_task is not None:
-            self._writer_task.cancel()
-            await _wait_cancelled(self._writer_task)
-        self._engine.end_session(self.id)
+    async def _aclose(self) -> None:
+        await self._interrupt_reply()
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        if self._conversation is not None:
+            await self._conversation.aclose()
+        if self._bad_frames > LOGGED_BAD_FRAMES:
+            logger.info("session %s: %d bad frames in all", self.id, self._bad_frames)
+        if self._aborted:
+            logger.warning("session %s aborted: %s", self.id, self._aborted)
 
-    @property
-    def history(self) -> tuple[HistoryTurn, ...]:
-        return tuple(self._history)
+    async def _close_after_crash(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.send_bytes(protocol.encode_error("internal server error; reconnect"))
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+
+    def _abort(self, reason: str) -> None:
+        """Cuts a client that does not read: a close frame would never reach it either."""
+        if self._aborted is None:
+            self._aborted = reason
+            if self._transport is not None:
+                self._transport.abort()
 
     # ---- receive: bytes -> PCM -> turn ------------------------------------------------
 
@@ -138,21 +172,27 @@ class ChatSession:
         async for msg in self._ws:
             try:
                 if msg.type is WSMsgType.BINARY:
-                    self._on_message(protocol.decode_binary(msg.data))
+                    await self._on_message(protocol.decode_binary(msg.data))
                 elif msg.type is WSMsgType.TEXT:
-                    self._on_message(protocol.decode_text(msg.data))
+                    await self._on_message(protocol.decode_text(msg.data))
                 elif msg.type is WSMsgType.ERROR:
                     logger.info("session %s: socket error %s", self.id, self._ws.exception())
                     return
             except ProtocolError as exc:
-                logger.info("session %s: bad frame: %s", self.id, exc)
-                self._send_error(f"bad frame: {exc}")
+                self._bad_frame(exc)
 
-    def _on_message(self, message: protocol.ClientMessage) -> None:
+    def _bad_frame(self, exc: ProtocolError) -> None:
+        self._bad_frames += 1
+        if self._bad_frames <= LOGGED_BAD_FRAMES:
+            logger.info("session %s: bad frame: %s", self.id, exc)
+        self._metrics.errors.labels(exc.kind).inc()
+        self._send_error(f"bad frame: {exc}")
+
+    async def _on_message(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, AudioIn):
             self._on_audio(message.ogg)
         elif isinstance(message, ControlIn):
-            self._on_control(message.action)
+            await self._on_control(message.action)
         elif isinstance(message, MetadataIn):
             self._on_metadata(message.data)
         elif isinstance(message, Ignored):
@@ -160,7 +200,10 @@ class ChatSession:
 
     def _on_audio(self, ogg: bytes) -> None:
         # Decode even while not recording: the decoder is continuous for the connection.
-        pcm_24k = self._decoder.decode(ogg)
+        try:
+            pcm_24k = self._decoder.decode(ogg)
+        except ValueError as exc:
+            raise ProtocolError(f"audio could not be decoded ({exc}); the frame was dropped") from None
         if not self._recording or len(pcm_24k) == 0:
             return
         room = int(self._cfg.max_turn_s * WIRE_SAMPLE_RATE) - self._turn_samples
@@ -173,18 +216,19 @@ class ChatSession:
         self._turn_chunks_24k.append(pcm_24k)
         self._turn_samples += len(pcm_24k)
 
-    def _on_control(self, action: Control) -> None:
+    async def _on_control(self, action: Control) -> None:
         logger.info("session %s: control %s", self.id, action.name)
         if action is Control.START:
-            self._interrupt_reply()
+            await self._interrupt_reply()
             self._start_recording()
         elif action in (Control.PAUSE, Control.END_TURN):
             if self._recording:
                 self._recording = False
-                self._end_turn()
+                await self._end_turn()
         elif action is Control.RESTART:
-            self._interrupt_reply()
-            self._history.clear()
+            await self._interrupt_reply()
+            assert self._conversation is not None
+            self._conversation.reset()
             self._start_recording()
 
     def _on_metadata(self, data: dict[str, Any]) -> None:
@@ -192,7 +236,9 @@ class ChatSession:
             prompt = data["system_prompt"]
             if not isinstance(prompt, str):
                 raise ProtocolError("system_prompt must be a string")
-            self._system_prompt = prompt or self._cfg.default_system_prompt
+            if len(prompt) > protocol.MAX_SYSTEM_PROMPT_CHARS:
+                raise ProtocolError(f"system_prompt longer than {protocol.MAX_SYSTEM_PROMPT_CHARS} characters")
+            self._system_prompt = prompt or self._cfg.default_system_prompt or None
         if "extras" in data:
             self._extras = bool(data["extras"])
 
@@ -200,21 +246,25 @@ class ChatSession:
         self._recording = True
         self._turn_chunks_24k, self._turn_samples, self._turn_overflowed = [], 0, False
 
-    def _end_turn(self) -> None:
+    async def _end_turn(self) -> None:
         chunks, self._turn_chunks_24k, self._turn_samples = self._turn_chunks_24k, [], 0
         if not chunks:
             logger.info("session %s: turn ended with no audio; nothing to answer", self.id)
             return
+        refusal = self._lifecycle.refusal()
+        if refusal is not None:
+            self._send_error(f"turn not answered: {refusal}")
+            return
         pcm_16k = resample(np.concatenate(chunks), WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE)
-        self._interrupt_reply()  # a new turn supersedes an unfinished answer
-        keep = self._cfg.history_turns
-        request = ReplyRequest(
-            session_id=self.id, turn_index=self._turn_index, system_prompt=self._system_prompt,
-            history=tuple(self._history[-keep:]) if keep > 0 else (), user_audio_16k=pcm_16k)
+        await self._interrupt_reply()  # a new turn supersedes an unfinished answer
+        request = ReplyRequest(turn_index=self._turn_index, system_prompt=self._system_prompt,
+                               user_audio_16k=pcm_16k)
         self._turn_index += 1
         self._epoch += 1
         self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())
-        self._reply_task = asyncio.create_task(
+        self._lifecycle.begin_work()  # a drain lets this reply finish
+        assert self._tasks is not None
+        self._reply_task = self._tasks.create_task(
             self._reply(self._progress), name=f"reply-{self.id}-{request.turn_index}")
 
     # ---- infer: engine events -> paced outbox -------------------------------------------
@@ -223,25 +273,32 @@ class ChatSession:
         epoch = progress.epoch
         clock = PlaybackClock(self._cfg.send_ahead_s)
         self._emit(Outgoing(frame=protocol.encode_text(PROCESSING_TEXT), epoch=epoch))
+        assert self._conversation is not None
         try:
-            async for event in self._engine.reply(progress.request):
-                if isinstance(event, AudioDelta):
-                    await self._queue_audio(event.pcm_24k, clock, epoch)
-                elif isinstance(event, TextDelta):
-                    progress.produced_text.append(event.text)
-                    self._emit(Outgoing(frame=protocol.encode_text(event.text), epoch=epoch,
-                                        text=event.text))
-                elif isinstance(event, UserTranscript):
-                    progress.user_text = event.text
-                    self._emit_extra({"type": "transcript", "text": event.text}, epoch)
-                elif isinstance(event, QueuePosition):
-                    self._emit_extra({"type": "queue", "position": event.position}, epoch)
+            async with contextlib.aclosing(self._conversation.reply(progress.request)) as events:
+                async for event in events:
+                    if isinstance(event, AudioDelta):
+                        await self._queue_audio(event.pcm_24k, clock, epoch)
+                    elif isinstance(event, TextDelta):
+                        progress.produced_text.append(event.text)
+                        self._emit(Outgoing(frame=protocol.encode_text(event.text), epoch=epoch,
+                                            text=event.text))
+                    elif isinstance(event, UserTranscript):
+                        self._emit_extra({"type": "transcript", "text": event.text}, epoch)
+                    elif isinstance(event, QueuePosition):
+                        self._emit_extra({"type": "queue", "position": event.position}, epoch)
+        except EngineDead as exc:
+            progress.failed = True
+            logger.error("session %s: engine dead: %s", self.id, exc)
+            self._metrics.errors.labels(exc.kind).inc()
+            self._emit(Outgoing(frame=protocol.encode_error(f"the engine stopped: {exc}; reconnect later"),
+                                close_code=WSCloseCode.INTERNAL_ERROR))
+            return
         except ServingError as exc:
+            progress.failed = True
             logger.warning("session %s: reply failed: %s", self.id, exc)
+            self._metrics.errors.labels(exc.kind).inc()
             self._send_error(f"reply failed: {exc}" + (" (retry the turn)" if exc.retryable else ""))
-        except Exception:
-            logger.exception("session %s: reply crashed", self.id)
-            self._send_error("reply failed: internal error")
         self._emit(Outgoing(epoch=epoch, end_of_reply=True))
         self._emit(Outgoing(frame=protocol.encode_text(
             f"\n[Final: {''.join(progress.produced_text)}]"), epoch=epoch))
@@ -252,38 +309,43 @@ class ChatSession:
             await clock.admit(len(piece) / WIRE_SAMPLE_RATE)
             self._emit(Outgoing(pcm_24k=piece, epoch=epoch))
 
-    def _interrupt_reply(self) -> None:
-        """Barge-in: stop the running reply at once and keep only what the client got.
+    async def _interrupt_reply(self) -> None:
+        """Barge-in: stop the running reply, wait until the engine has let go of it, and keep
+        only what the client got.
 
         A reply is running until the write loop has sent its last item, which can be after
         the reply task itself has finished queueing.
         """
-        task, self._reply_task = self._reply_task, None
-        if self._progress is None:
-            return
-        self._commit_progress()
-        self._epoch += 1  # the write loop now drops everything the old reply queued
-        if task is not None and not task.done():
-            task.cancel()
-            self._cancelled_replies.add(task)
-            task.add_done_callback(self._cancelled_replies.discard)
-
-    def _commit_progress(self) -> None:
-        progress, self._progress = self._progress, None
+        progress, task = self._progress, self._reply_task
         if progress is None:
             return
-        self._history.append(HistoryTurn(
-            user_audio_16k=progress.request.user_audio_16k, user_text=progress.user_text,
-            assistant_text="".join(progress.sent_text)))
-        keep = max(self._cfg.history_turns, 0)
-        del self._history[:max(len(self._history) - keep, 0)]
+        self._epoch += 1  # the write loop now drops everything the old reply queued
+        self._reply_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            await _wait_cancelled(task)
+        self._finish_reply(progress, "interrupted")
+
+    def _finish_reply(self, progress: ReplyProgress, outcome: str) -> None:
+        if progress.finished:
+            return
+        progress.finished = True
+        if self._progress is progress:
+            self._progress = None
+        assert self._conversation is not None
+        self._conversation.commit_reply("".join(progress.sent_text))
+        self._lifecycle.end_work()
+        self._metrics.turns.labels("failed" if progress.failed else outcome).inc()
         if self._cfg.save_audio:
             self._save_turn_audio(progress)
 
     # ---- send: outbox -> encoder -> socket ----------------------------------------------
 
     def _emit(self, item: Outgoing) -> None:
-        self._outbox.put_nowait(item)
+        try:
+            self._outbox.put_nowait(item)
+        except asyncio.QueueFull:
+            self._abort(f"client is not reading ({self._cfg.max_outbox_frames} frames queued)")
 
     def _emit_extra(self, data: dict[str, Any], epoch: int | None = None) -> None:
         if self._extras:
@@ -292,24 +354,40 @@ class ChatSession:
     def _send_error(self, message: str) -> None:
         self._emit(Outgoing(frame=protocol.encode_error(message)))
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(self._outbox.get(), self._cfg.ping_interval_s)
-                except TimeoutError:
-                    await self._ws.send_bytes(protocol.encode_ping())
-                    continue
-                frame = self._render(item)
-                if frame:
-                    await self._ws.send_bytes(frame)
-        except (ConnectionResetError, RuntimeError) as exc:  # client gone mid-send
-            logger.info("session %s: send failed, client gone: %s", self.id, exc)
+    def _send_ping(self) -> None:
+        if self._outbox.empty():  # anything queued is about to reach the client anyway
+            self._emit(Outgoing(frame=protocol.encode_ping()))
 
-    def _render(self, item: Outgoing | None) -> bytes | None:
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            frame = self._render(item)
+            if frame and not await self._send(frame):
+                return
+            if item.close_code is not None:
+                await self._ws.close(code=item.close_code)
+                return
+
+    async def _send(self, frame: bytes) -> bool:
+        """Sends one frame; False when the client is gone. A watchdog timer, not a timeout
+        wrapped around the await, aborts a send that blocks, so no cancellation is lost."""
+        loop = asyncio.get_running_loop()
+        watchdog = loop.call_later(self._cfg.write_timeout_s, self._abort,
+                                   f"client is not reading (a send blocked {self._cfg.write_timeout_s:g} s)")
+        try:
+            await self._ws.send_bytes(frame)
+        except (ConnectionError, RuntimeError) as exc:  # client gone mid-send
+            logger.info("session %s: send failed, client gone: %s", self.id, exc)
+            return False
+        finally:
+            watchdog.cancel()
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self._ping_timer = loop.call_later(self._cfg.ping_interval_s, self._send_ping)
+        return True
+
+    def _render(self, item: Outgoing) -> bytes | None:
         """Turns an outbox item into the bytes to send, or None to drop it."""
-        if item is None:
-            return None
         if item.epoch is not None and item.epoch != self._epoch:
             return None  # belongs to an interrupted reply
         progress = self._progress
@@ -317,18 +395,19 @@ class ChatSession:
         if item.pcm_24k is not None:
             if progress is not None and progress.first_audio_at is None:
                 progress.first_audio_at = now
+                self._metrics.first_audio.observe(now - progress.turn_ended_at)
             if progress is not None and self._cfg.save_audio:
                 progress.sent_audio_24k.append(item.pcm_24k)
             ogg = self._encoder.encode(item.pcm_24k)
             return protocol.encode_audio(ogg) if ogg else None
         if item.end_of_reply:
-            return self._finish_reply(progress)
+            return self._end_of_reply(progress)
         if item.text is not None and progress is not None:
             progress.sent_text.append(item.text)
             progress.first_text_at = progress.first_text_at or now
         return item.frame
 
-    def _finish_reply(self, progress: ReplyProgress | None) -> bytes | None:
+    def _end_of_reply(self, progress: ReplyProgress | None) -> bytes | None:
         tail = self._encoder.flush()
         if progress is not None:
             report = self._latency_report(progress)
@@ -336,7 +415,7 @@ class ChatSession:
                         self.id, report["turn"], report["first_audio_ms"], report["first_text_ms"],
                         sum(map(len, progress.sent_text)))
             self._emit_extra(report, progress.epoch)
-            self._commit_progress()
+            self._finish_reply(progress, "completed")
         return protocol.encode_audio(tail) if tail else None
 
     def _latency_report(self, progress: ReplyProgress) -> dict[str, Any]:
@@ -365,5 +444,3 @@ async def _wait_cancelled(task: asyncio.Task[None]) -> None:
     except asyncio.CancelledError:
         if not task.cancelled():
             raise
-    except Exception:
-        logger.exception("task %s failed while closing", task.get_name())

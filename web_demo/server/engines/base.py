@@ -6,7 +6,7 @@ so tests swap in fakes. Engines receive audio in memory (float32 PCM, rate in th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,20 +14,11 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class HistoryTurn:
-    """One finished exchange: what the user said and what of the reply was actually sent."""
-    user_audio_16k: np.ndarray  # float32 [T]
-    user_text: str | None  # transcript, when the engine produced one
-    assistant_text: str  # only the text that reached the client (barge-in truncates it)
-
-
-@dataclass(frozen=True)
 class ReplyRequest:
-    session_id: str
+    """One finished user turn of a conversation, to be answered."""
     turn_index: int  # 0-based, counts every turn of the session, restarts included
     system_prompt: str | None
-    history: tuple[HistoryTurn, ...]  # oldest first, already capped by the session
-    user_audio_16k: np.ndarray  # float32 [T], the new user turn
+    user_audio_16k: np.ndarray = field(repr=False)  # float32 [T]
 
 
 @dataclass(frozen=True)
@@ -54,12 +45,33 @@ class QueuePosition:
 ReplyEvent = UserTranscript | TextDelta | AudioDelta | QueuePosition
 
 
-class S2SEngine(Protocol):
-    """Speech in, text and speech out, streamed.
+class S2SConversation(Protocol):
+    """One connection's conversation inside an engine; its history and caches live here.
 
-    `reply` is an async generator; cancelling the task that iterates it (barge-in, client
-    gone) must stop generation and vocoding promptly and free per-request resources.
+    Owned by the ChatSession that opened it, used by one reply at a time, closed with it.
     """
+
+    def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
+        """Streams the answer to a user turn. An async generator: the caller closes it
+        (contextlib.aclosing) so that barge-in stops generation and vocoding at once."""
+        ...
+
+    def commit_reply(self, heard_text: str) -> None:
+        """The last reply ended (finished or cut short): this much of its text reached the
+        listener, and only this much belongs in the history."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the history (the client's restart); applies from the next turn."""
+        ...
+
+    async def aclose(self) -> None:
+        """Free everything the conversation holds (caches, streams)."""
+        ...
+
+
+class S2SEngine(Protocol):
+    """Speech in, text and speech out, streamed; shared by every session of a server."""
 
     name: str
 
@@ -67,10 +79,9 @@ class S2SEngine(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]: ...
-
-    def end_session(self, session_id: str) -> None:
-        """Drop any state cached for this session (KV caches, vocoder streams)."""
+    def open_session(self, session_id: str, *, history_turns: int) -> S2SConversation:
+        """A conversation that keeps at most `history_turns` finished turns as context."""
+        ...
 
     def health(self) -> dict[str, Any]: ...
 
@@ -147,7 +158,7 @@ class TtsEngine(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[PcmChunk]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
         """Streams PCM chunks at request.sample_rate (or the native rate)."""
         ...
 

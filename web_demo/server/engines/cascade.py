@@ -1,24 +1,24 @@
-"""Cascade engine: ASR worker -> responder -> TTS worker, sentence by sentence.
+"""Cascade engine: ASR -> responder -> TTS, sentence by sentence.
 
 The CPU stand-in for Fun-Audio-Chat: real speech in, real speech out, so the whole serving
 stack runs and is tested on a machine with no GPU and no weights. Each finished sentence is
 synthesised as soon as the responder completes it, so the first audio leaves before the
-whole reply is known.
+whole reply is known. Each session's conversation keeps its history as text.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from utils.audio import WIRE_SAMPLE_RATE
 from web_demo.server.engines.base import (
     AsrEngine, AudioDelta, ReplyEvent, ReplyRequest, SynthesisRequest, TextDelta,
     TranscriptionRequest, TtsEngine, UserTranscript)
-from web_demo.server.engines.responder import Responder
+from web_demo.server.engines.responder import ChatTurn, Responder
 
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly and naturally."
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？；])\s+|\n+")
 
 
@@ -27,56 +27,88 @@ class CascadeEngine:
 
     def __init__(self, *, asr: AsrEngine, responder: Responder, tts: TtsEngine,
                  language: str | None = None, voice: str | None = None) -> None:
-        self._asr = asr
-        self._responder = responder
-        self._tts = tts
-        self._language = language
-        self._voice = voice
+        self.asr = asr
+        self.responder = responder
+        self.tts = tts
+        self.language = language
+        self.voice = voice
 
     async def start(self) -> None:
-        await self._asr.start()
-        await self._tts.start()
-        await self._responder.start()
+        await self.asr.start()
+        await self.tts.start()
+        await self.responder.start()
 
     async def aclose(self) -> None:
-        await self._responder.aclose()
-        await self._tts.aclose()
-        await self._asr.aclose()
+        await self.responder.aclose()
+        await self.tts.aclose()
+        await self.asr.aclose()
 
-    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
-        heard = await self._asr.transcribe(
-            TranscriptionRequest(request.user_audio_16k, language=self._language))
-        yield UserTranscript(heard.text)
-        async for sentence in sentences(self._responder.respond(request, heard.text)):
-            yield TextDelta(sentence)
-            speech = SynthesisRequest(sentence.strip(), voice=self._voice,
-                                      sample_rate=WIRE_SAMPLE_RATE)
-            # TtsEngine.synthesize is typed AsyncIterator, but engines return async generators.
-            async with contextlib.aclosing(self._tts.synthesize(speech)) as chunks:  # type: ignore[type-var]
-                async for chunk in chunks:
-                    yield AudioDelta(chunk.pcm)
-
-    def end_session(self, session_id: str) -> None:
-        return None
+    def open_session(self, session_id: str, *, history_turns: int) -> CascadeConversation:
+        return CascadeConversation(self, history_turns=history_turns)
 
     def health(self) -> dict[str, Any]:
-        asr, tts = self._asr.health(), self._tts.health()
+        asr, tts = self.asr.health(), self.tts.health()
         workers_ok = asr.get("alive", True) and tts.get("alive", True)
-        return {"status": "ok" if workers_ok else "degraded", "engine": self.name,
+        return {"status": "healthy" if workers_ok else "degraded", "engine": self.name,
                 "models": {"asr": asr.get("model"), "tts": tts.get("model"),
-                           **self._responder.health()},
+                           **self.responder.health()},
                 "devices": {"asr": asr.get("device"), "tts": tts.get("device")},
-                "workers": {self._asr.name: asr, self._tts.name: tts}}
+                "workers": {self.asr.name: asr, self.tts.name: tts}}
 
 
-async def sentences(pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+class CascadeConversation:
+    """One session's text history; the user side is what the ASR heard."""
+
+    def __init__(self, engine: CascadeEngine, *, history_turns: int) -> None:
+        self._engine = engine
+        self._history_turns = history_turns
+        self._history: list[ChatTurn] = []
+        self._heard_user: str | None = None  # transcript of the reply in progress
+
+    async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
+        engine = self._engine
+        heard = await engine.asr.transcribe(
+            TranscriptionRequest(pcm_16k=request.user_audio_16k, language=engine.language))
+        self._heard_user = heard.text
+        yield UserTranscript(heard.text)
+        system_prompt = request.system_prompt or DEFAULT_SYSTEM_PROMPT
+        pieces = engine.responder.respond(system_prompt, tuple(self._history), heard.text)
+        async with contextlib.aclosing(sentences(pieces)) as replies:
+            async for sentence in replies:
+                yield TextDelta(sentence)
+                speech = engine.tts.synthesize(SynthesisRequest(text=sentence.strip(), voice=engine.voice))
+                async with contextlib.aclosing(speech) as chunks:
+                    async for chunk in chunks:
+                        yield AudioDelta(chunk.pcm)
+
+    def commit_reply(self, heard_text: str) -> None:
+        if self._heard_user is None:  # the turn failed or was cut before anything was heard
+            return
+        self._history.append(ChatTurn(user=self._heard_user, assistant=heard_text))
+        del self._history[:max(len(self._history) - self._history_turns, 0)]
+        self._heard_user = None
+
+    def reset(self) -> None:
+        self._history.clear()
+        self._heard_user = None
+
+    async def aclose(self) -> None:
+        self.reset()
+
+    @property
+    def history(self) -> tuple[ChatTurn, ...]:
+        return tuple(self._history)
+
+
+async def sentences(pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
     """Regroups streamed text pieces into sentences (each keeps its trailing space)."""
     buffer = ""
-    async for piece in pieces:
-        buffer += piece
-        *complete, buffer = _split_keep_space(buffer)
-        for sentence in complete:
-            yield sentence
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            buffer += piece
+            *complete, buffer = _split_keep_space(buffer)
+            for sentence in complete:
+                yield sentence
     if buffer.strip():
         yield buffer
 

@@ -1,153 +1,184 @@
 """Fun-Audio-Chat engine: the native runtime with batched decoding, plus the vocoder worker.
 
 Data path of one reply: user PCM 16 kHz -> Scheduler (all sessions decode together in its
-thread) -> per LLM step: a text piece and 5 speech tokens -> CosyVoice3 worker stream of
-this reply -> PCM 24 kHz. Each session keeps a ConversationState (history + KV caches) here,
+thread, the only thread that runs the model) -> per LLM step: a text piece and 5 speech
+tokens -> this reply's CosyVoice3 vocoder stream -> PCM 24 kHz. Each session's
+conversation holds a ConversationState (history + KV caches), the only copy of its history,
 so a new turn only prefills its new tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 from web_demo.server.engines.base import (
-    AudioDelta, QueuePosition, ReplyEvent, ReplyRequest, TextDelta)
-from web_demo.server.engines.local import WorkerVocoder
-from web_demo.server.errors import EngineDead, EngineError
+    AudioDelta, QueuePosition, ReplyEvent, ReplyRequest, TextDelta, Vocoder, VocoderStream)
+from web_demo.server.errors import EngineDead, EngineError, ServingError
 
 logger = logging.getLogger(__name__)
 
 CANCEL_WAIT_S = 10.0  # a cancelled turn leaves the batch at the scheduler's next step
 
 
-@dataclass
-class _Conversation:
-    state: Any  # utils.funaudiochat.ConversationState, touched only while no turn runs
-    handle: Any = None  # TurnHandle of the latest turn
-    interrupted: bool = False  # the latest reply did not complete (barge-in, error, gone)
-
-
 class FunAudioChatEngine:
     name = "funaudiochat"
 
     def __init__(self, *, model_path: Path, tokenizer_path: Path | None, device: str,
-                 vocoder: WorkerVocoder, history_turns: int = 8, max_batch: int = 32,
-                 sampling: Any = None) -> None:
+                 vocoder: Vocoder, max_batch: int = 32, sampling: Any = None) -> None:
         self._model_path = model_path
         self._tokenizer_path = tokenizer_path
         self._device = device
-        self._vocoder = vocoder
-        self._history_turns = history_turns
-        self._max_batch = max_batch
-        self._sampling = sampling
+        self.vocoder = vocoder
+        self.max_batch = max_batch
+        self.sampling = sampling
         self._runtime: Any = None
-        self._scheduler: Any = None
-        self._conversations: dict[str, _Conversation] = {}
+        self.scheduler: Any = None  # utils.funaudiochat.Scheduler once started
+        self.conversations: dict[str, FunAudioChatConversation] = {}  # open ones, by session
 
     async def start(self) -> None:
         from utils.funaudiochat import SamplingParams, Scheduler, load_model
 
         self._runtime = await asyncio.to_thread(
             load_model, self._model_path, tokenizer_path=self._tokenizer_path, device=self._device)
-        self._sampling = self._sampling or SamplingParams()
-        self._scheduler = Scheduler(self._runtime, max_batch=self._max_batch)
-        self._scheduler.start()
-        await self._vocoder.start()
+        self.sampling = self.sampling or SamplingParams()
+        self.scheduler = Scheduler(self._runtime, max_batch=self.max_batch)
+        self.scheduler.start()
+        await self.vocoder.start()
 
     async def aclose(self) -> None:
-        await self._vocoder.aclose()
-        if self._scheduler is not None:
-            await asyncio.to_thread(self._scheduler.stop)
+        await self.vocoder.aclose()
+        if self.scheduler is not None:
+            await asyncio.to_thread(self.scheduler.stop)
 
-    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
+    def open_session(self, session_id: str, *, history_turns: int) -> FunAudioChatConversation:
+        conversation = FunAudioChatConversation(self, session_id=session_id, history_turns=history_turns)
+        self.conversations[session_id] = conversation
+        return conversation
+
+    def check_alive(self, exc: BaseException | None = None) -> None:
+        """Raises EngineDead when the scheduler thread is gone (it failed every turn)."""
+        if self.scheduler is None or not self.scheduler.alive:
+            raise EngineDead("the Fun-Audio-Chat model thread is not running") from exc
+
+    def health(self) -> dict[str, Any]:
+        vocoder = self.vocoder.health()
+        ready = self.scheduler is not None and self.scheduler.alive
+        status = "healthy" if ready and vocoder.get("alive") else "degraded"
+        if self.scheduler is not None and not self.scheduler.alive:
+            status = "dead"  # the model thread is gone: /health answers 503
+        return {"status": status,
+                "engine": self.name,
+                "models": {"s2s": str(self._model_path), "vocoder": vocoder.get("model")},
+                "devices": {"s2s": self._device, "vocoder": vocoder.get("device")},
+                "batch": {"active": self.scheduler.num_active if ready else 0,
+                          "max": self.max_batch},
+                "conversations": len(self.conversations),
+                "workers": {self.vocoder.name: vocoder}}
+
+
+class FunAudioChatConversation:
+    """One session's ConversationState and its latest turn; used by one reply at a time."""
+
+    def __init__(self, engine: FunAudioChatEngine, *, session_id: str, history_turns: int) -> None:
+        from utils.funaudiochat import ConversationState
+
+        self._engine = engine
+        self._session_id = session_id
+        self._max_user_turns = history_turns + 1  # the history plus the turn being answered
+        self._state = ConversationState(max_user_turns=self._max_user_turns)
+        self._handle: Any = None  # TurnHandle of the latest turn
+        self._completed = True  # whether the latest reply ran to its end
+        self._heard: str | None = None  # what reached the listener of a reply cut short
+        self._reset = False
+
+    async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
         from utils.funaudiochat import UserTurn
 
-        if self._scheduler is None:
-            raise EngineDead("the Fun-Audio-Chat engine is not started")
-        conversation = await self._conversation(request)
+        engine = self._engine
+        engine.check_alive()
+        await self._settle(request.system_prompt)
         try:
-            handle = self._scheduler.submit(conversation.state, UserTurn(audio=request.user_audio_16k),
-                                            self._sampling, mode="s2s")
+            handle = engine.scheduler.submit(self._state, UserTurn(audio=request.user_audio_16k),
+                                             engine.sampling, mode="s2s")
         except RuntimeError as exc:
+            engine.check_alive(exc)
             raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
-        conversation.handle, conversation.interrupted = handle, True  # until it completes
-        voice = self._vocoder.open_stream()  # this reply's vocoder state, in the worker
+        self._handle, self._completed = handle, False
+        stream: VocoderStream | None = None
         try:
-            position = self._scheduler.queue_position(handle)
-            if position is not None and self._scheduler.num_active >= self._max_batch:
+            stream = engine.vocoder.open_stream()
+            position = engine.scheduler.queue_position(handle)
+            if position is not None and engine.scheduler.num_active >= engine.max_batch:
                 yield QueuePosition(position)  # every batch slot is taken: say how long the line is
+            async for event in self._steps(handle, stream):
+                yield event
+            for pcm_24k in await stream.finish():
+                yield AudioDelta(pcm_24k)
+            self._completed = True
+        finally:
+            if not self._completed:  # barge-in, client gone or a failure: stop both halves
+                handle.cancel()
+                if stream is not None:
+                    with contextlib.suppress(ServingError):
+                        await stream.aclose()
+
+    async def _steps(self, handle: Any, stream: VocoderStream) -> AsyncGenerator[ReplyEvent, None]:
+        try:
             async for step in handle:
                 if step.text_piece:
                     yield TextDelta(step.text_piece)
                 if step.speech_tokens:
-                    for pcm_24k in await voice.push(step.speech_tokens):
+                    for pcm_24k in await stream.push(step.speech_tokens):
                         yield AudioDelta(pcm_24k)
-            for pcm_24k in await voice.finish():
-                yield AudioDelta(pcm_24k)
-            conversation.interrupted = False
-        finally:
-            if conversation.interrupted:  # barge-in, client gone or a failure: stop both halves
-                handle.cancel()
-            await voice.aclose()  # a no-op after finish()
+        except ServingError:
+            raise
+        except Exception as exc:  # raised by the scheduler thread for this turn
+            self._engine.check_alive(exc)
+            raise EngineError(f"generation failed: {exc}") from exc
 
-    async def _conversation(self, request: ReplyRequest) -> _Conversation:
-        """The session's state, brought in line with the history the session kept."""
+    async def _settle(self, system_prompt: str | None) -> None:
+        """Waits for the previous turn to leave the batch, then applies what the session
+        reported since (restart, the heard part of a cut reply, a new system prompt)."""
         from utils.funaudiochat import ConversationState
 
-        conversation = self._conversations.get(request.session_id)
-        if conversation is not None and conversation.handle is not None:
-            done = conversation.handle.done
-            if not await asyncio.to_thread(done.wait, CANCEL_WAIT_S):
+        if self._handle is not None and not self._handle.done.is_set():
+            if not await asyncio.to_thread(self._handle.done.wait, CANCEL_WAIT_S):
                 raise EngineError("the previous turn did not stop in time", retryable=True)
-        if conversation is not None and not request.history:  # new or restarted session
-            conversation.state.close()
-            conversation = None
-        if conversation is None:
-            conversation = _Conversation(ConversationState(
-                system_prompt=request.system_prompt, max_user_turns=self._history_turns + 1))
-            self._conversations[request.session_id] = conversation
-            if request.history:  # e.g. the engine restarted mid-conversation
-                await asyncio.to_thread(self._rebuild, conversation.state, request)
-            return conversation
-        state = conversation.state
-        if request.system_prompt != state.system_prompt:
-            state.set_system_prompt(request.system_prompt)
-        if conversation.interrupted:  # keep only what the listener heard of the last reply
-            state.set_last_reply(request.history[-1].assistant_text)
-            conversation.interrupted = False
-        return conversation
+        if self._reset:
+            self._state.close()
+            self._state = ConversationState(max_user_turns=self._max_user_turns)
+        elif self._heard is not None and self._state.messages:
+            self._state.set_last_reply(self._heard)
+        self._reset, self._heard = False, None
+        prompt = speech_system_prompt(system_prompt)
+        if prompt != self._state.system_prompt:
+            self._state.set_system_prompt(prompt)
 
-    def _rebuild(self, state: Any, request: ReplyRequest) -> None:
-        from utils.funaudiochat import UserTurn
+    def commit_reply(self, heard_text: str) -> None:
+        if not self._completed:  # keep only what the listener heard of the last reply
+            self._heard = heard_text
 
-        for turn in request.history:
-            state.add_user_message(self._runtime, UserTurn(audio=turn.user_audio_16k))
-            state.add_assistant_message(turn.assistant_text)
+    def reset(self) -> None:
+        self._reset = True
 
-    def end_session(self, session_id: str) -> None:
-        conversation = self._conversations.pop(session_id, None)
-        if conversation is None:
-            return
-        if conversation.handle is not None and not conversation.handle.done.is_set():
-            conversation.handle.cancel()  # the scheduler frees the caches when it drops the row
+    async def aclose(self) -> None:
+        self._engine.conversations.pop(self._session_id, None)
+        if self._handle is not None and not self._handle.done.is_set():
+            self._handle.cancel()  # the scheduler frees the caches when it drops the row
         else:
-            conversation.state.close()
+            self._state.close()
 
-    def health(self) -> dict[str, Any]:
-        vocoder = self._vocoder.health()
-        ready = self._scheduler is not None and self._scheduler.alive
-        status = "ok" if ready and vocoder.get("alive") else "degraded"
-        if self._scheduler is not None and not self._scheduler.alive:
-            status = "dead"  # the model thread is gone: /health answers 503
-        return {"status": status,
-                "engine": self.name,
-                "models": {"s2s": str(self._model_path), "tts": vocoder.get("model")},
-                "devices": {"s2s": self._device, "tts": vocoder.get("device")},
-                "batch": {"active": self._scheduler.num_active if ready else 0,
-                          "max": self._max_batch},
-                "workers": {self._vocoder.name: vocoder}}
+
+def speech_system_prompt(prompt: str | None) -> str | None:
+    """A client's prompt keeps the S2M instruction the model was trained to answer in speech
+    with; None keeps the runtime's default spoken prompt."""
+    from utils.funaudiochat.prompt import S2M_SYSTEM_PROMPT
+
+    if prompt is None or prompt.startswith(S2M_SYSTEM_PROMPT):
+        return prompt
+    return f"{S2M_SYSTEM_PROMPT} {prompt}"

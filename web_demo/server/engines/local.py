@@ -95,7 +95,7 @@ class WorkerVocoder(_WorkerBacked):
     default_handler = "web_demo.server.workers.vocoder_worker:CosyVoice3Handler"
     sample_rate = WIRE_SAMPLE_RATE
 
-    def __init__(self, *, name: str = "tts", **kwargs: Any) -> None:
+    def __init__(self, *, name: str = "vocoder", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
     def open_stream(self) -> VocoderStream:

@@ -6,7 +6,7 @@ behind the load benchmark: it costs nothing, so measurements show the serving ov
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
@@ -24,15 +24,28 @@ class LoopbackEngine:
     async def aclose(self) -> None:
         return None
 
-    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
+    def open_session(self, session_id: str, *, history_turns: int) -> LoopbackConversation:
+        return LoopbackConversation()
+
+    def health(self) -> dict[str, Any]:
+        return {"engine": self.name, "models": {}}
+
+
+class LoopbackConversation:
+    """Keeps no history: every reply is the turn's own audio."""
+
+    async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
         seconds = len(request.user_audio_16k) / MODEL_SAMPLE_RATE
         yield TextDelta(f"[loopback] {seconds:.1f} s of your audio")
         pcm_24k = resample(request.user_audio_16k, MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE)
         for start in range(0, len(pcm_24k), CHUNK_SAMPLES_24K):
             yield AudioDelta(pcm_24k[start:start + CHUNK_SAMPLES_24K])
 
-    def end_session(self, session_id: str) -> None:
+    def commit_reply(self, heard_text: str) -> None:
         return None
 
-    def health(self) -> dict[str, Any]:
-        return {"engine": self.name, "models": {}}
+    def reset(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -6,19 +6,27 @@ any OpenAI-compatible /chat/completions endpoint (vLLM, llama.cpp, a hosted API)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
-from web_demo.server.engines.base import ReplyRequest
 from web_demo.server.errors import EngineError
 
 logger = logging.getLogger(__name__)
 
 UNHEARD = "(inaudible)"
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One finished exchange as text: what was heard, and what of the reply was heard."""
+    user: str
+    assistant: str
 
 
 class Responder(Protocol):
@@ -28,8 +36,9 @@ class Responder(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def respond(self, request: ReplyRequest, user_text: str) -> AsyncIterator[str]:
-        """Streams the reply text in pieces."""
+    def respond(self, system_prompt: str | None, history: Sequence[ChatTurn],
+                user_text: str) -> AsyncGenerator[str, None]:
+        """Streams the reply text in pieces (an async generator; close it to stop)."""
         ...
 
     def health(self) -> dict[str, Any]: ...
@@ -44,7 +53,8 @@ class EchoResponder:
     async def aclose(self) -> None:
         return None
 
-    async def respond(self, request: ReplyRequest, user_text: str) -> AsyncIterator[str]:
+    async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn],
+                      user_text: str) -> AsyncGenerator[str, None]:
         if user_text:
             yield f"Echo mode, no language model configured. You said: {user_text}"
         else:
@@ -78,9 +88,10 @@ class OpenAIChatResponder:
     def health(self) -> dict[str, Any]:
         return {"responder": f"openai-chat {self._url} model={self._model}"}
 
-    async def respond(self, request: ReplyRequest, user_text: str) -> AsyncIterator[str]:
+    async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn],
+                      user_text: str) -> AsyncGenerator[str, None]:
         assert self._http is not None, "start() first"
-        body = {"model": self._model, "messages": chat_messages(request, user_text),
+        body = {"model": self._model, "messages": chat_messages(system_prompt, history, user_text),
                 "stream": True, "max_tokens": self._max_tokens}
         try:
             async with self._http.post(self._url, json=body) as response:
@@ -88,22 +99,24 @@ class OpenAIChatResponder:
                     detail = (await response.text())[:300]
                     raise EngineError(f"LLM answered HTTP {response.status}: {detail}",
                                       retryable=response.status >= 500 or response.status == 429)
-                async for piece in _sse_deltas(response):
-                    yield piece
+                async with contextlib.aclosing(_sse_deltas(response)) as pieces:
+                    async for piece in pieces:
+                        yield piece
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineError(f"LLM unreachable at {self._url}: {exc!r}", retryable=True) from exc
 
 
-def chat_messages(request: ReplyRequest, user_text: str) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
-    for turn in request.history:
-        messages.append({"role": "user", "content": turn.user_text or UNHEARD})
-        messages.append({"role": "assistant", "content": turn.assistant_text})
+def chat_messages(system_prompt: str | None, history: Sequence[ChatTurn],
+                  user_text: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for turn in history:
+        messages.append({"role": "user", "content": turn.user or UNHEARD})
+        messages.append({"role": "assistant", "content": turn.assistant})
     messages.append({"role": "user", "content": user_text or UNHEARD})
     return messages
 
 
-async def _sse_deltas(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+async def _sse_deltas(response: aiohttp.ClientResponse) -> AsyncGenerator[str, None]:
     """Parses `data: {...}` server-sent events into content deltas."""
     async for raw in response.content:
         line = raw.decode("utf-8", "replace").strip()

@@ -1,0 +1,113 @@
+"""App composition shared by every service: engines in, an aiohttp application out.
+
+`make_app` mounts a route module per engine it is given (today /api/chat for an S2S
+engine), the web demo, /health and /metrics, behind the shared middleware. Engines load
+in the background so /health answers `loading` while they do; one process may hold all
+of a deployment's engines or just one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from web_demo.server.config import CLIENT_DIR, ChatConfig, HttpConfig
+from web_demo.server.engines.base import S2SEngine
+from web_demo.server.lifecycle import Lifecycle, Phase
+from web_demo.server.metrics import CONTENT_TYPE, Metrics
+from web_demo.server.middleware import admit, render_errors, request_log, require_api_key
+from web_demo.server.routes.chat import ChatRoute
+from web_demo.server.routes.web import WebDemo
+
+logger = logging.getLogger(__name__)
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", Metrics)
+ENGINES = web.AppKey("engines", dict[str, Any])  # role ("s2s", ...) -> engine
+CHAT = web.AppKey("chat", ChatRoute)
+
+_UNHEALTHY = {"loading", "draining", "failed", "dead"}  # /health answers 503 for these
+
+
+def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig | None = None,
+             static_dir: Path = CLIENT_DIR) -> web.Application:
+    """Builds the app; does no I/O. Engines start with the app and stop with it."""
+    lifecycle, metrics = Lifecycle(), Metrics()
+    app = web.Application(middlewares=[request_log(metrics), render_errors(metrics),
+                                       require_api_key(cfg.api_key), admit(lifecycle)])
+    app[LIFECYCLE], app[METRICS] = lifecycle, metrics
+    app[ENGINES] = {role: engine for role, engine in (("s2s", s2s),) if engine is not None}
+    metrics.watch_workers(lambda: [engine.health() for engine in app[ENGINES].values()])
+    app.cleanup_ctx.append(_engines_lifetime)
+    app.on_shutdown.insert(0, _stop_admitting)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_page)
+    WebDemo(static_dir).mount(app)
+    if s2s is not None:
+        app[CHAT] = ChatRoute(engine=s2s, cfg=chat or ChatConfig(), lifecycle=lifecycle, metrics=metrics)
+        app[CHAT].mount(app)
+    return app
+
+
+async def _engines_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Loads the engines in the background (the port answers meanwhile), closes them last."""
+    loading = asyncio.create_task(_start_engines(app), name="start-engines")
+    yield
+    loading.cancel()
+    await asyncio.gather(loading, return_exceptions=True)
+    for role, engine in app[ENGINES].items():
+        try:
+            await engine.aclose()
+        except Exception:
+            logger.exception("closing the %s engine failed", role)
+
+
+async def _start_engines(app: web.Application) -> None:
+    lifecycle = app[LIFECYCLE]
+    for role, engine in app[ENGINES].items():
+        try:
+            await engine.start()
+        except Exception as exc:
+            logger.exception("the %s engine (%s) failed to start", role, engine.name)
+            lifecycle.fail(f"{role} engine {engine.name}: {exc}")
+            return
+        logger.info("%s engine %s ready", role, engine.name)
+    lifecycle.ready()
+
+
+async def _stop_admitting(app: web.Application) -> None:
+    if app[LIFECYCLE].phase is Phase.READY:
+        app[LIFECYCLE].phase = Phase.DRAINING
+
+
+def service_status(phase: Phase, reports: list[dict[str, Any]]) -> str:
+    """healthy | degraded | loading | draining | failed | dead, from phase and engines."""
+    if phase is not Phase.READY:
+        return str(phase.value)
+    statuses = {report.get("status") for report in reports}
+    if "dead" in statuses:
+        return "dead"
+    return "degraded" if "degraded" in statuses else "healthy"
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    lifecycle = app[LIFECYCLE]
+    reports = {role: engine.health() for role, engine in app[ENGINES].items()}
+    report: dict[str, Any] = dict(reports.get("s2s", {}))  # the S2S server's flat shape
+    report["status"] = service_status(lifecycle.phase, list(reports.values()))
+    if lifecycle.failure:
+        report["error"] = lifecycle.failure
+    if CHAT in app:
+        report["sessions"] = {"active": len(app[CHAT].sockets), "max": app[CHAT].max_sessions}
+    report["in_flight"] = lifecycle.busy
+    return web.json_response(report, status=503 if report["status"] in _UNHEALTHY else 200)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,87 @@
+"""Builds engines from their component configs; shared by every service's entrypoint.
+
+Heavy imports (torch, model code) happen inside the builders that need them, so a service
+pays only for the engines it runs.
+"""
+
+from __future__ import annotations
+
+from web_demo.server.config import (
+    AsrConfig, ResponderConfig, S2SConfig, TtsConfig, VocoderConfig, WorkerConfig)
+from web_demo.server.devices import gpu_available
+from web_demo.server.engines.base import AsrEngine, S2SEngine, TtsEngine, Vocoder
+from web_demo.server.engines.responder import EchoResponder, OpenAIChatResponder, Responder
+
+
+def weights_present(cfg: S2SConfig) -> bool:
+    return (cfg.model_path / "config.json").is_file()
+
+
+def resolve_s2s_engine(cfg: S2SConfig) -> str:
+    if cfg.engine != "auto":
+        return cfg.engine
+    return "funaudiochat" if weights_present(cfg) and gpu_available() else "cascade"
+
+
+def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig) -> str:
+    """One loud line saying whether the real model runs, or which stand-in and why."""
+    name = resolve_s2s_engine(cfg)
+    if name == "funaudiochat":
+        return f"funaudiochat (REAL MODEL from {cfg.model_path})"
+    why = ""
+    if cfg.engine == "auto":
+        why = (f" -- no weights at {cfg.model_path}" if not weights_present(cfg)
+               else " -- no GPU visible")
+    if name == "cascade":
+        brain = f"LLM at {responder.llm_url}" if responder.llm_url else "echo"
+        return (f"cascade: CPU STAND-IN ENGINES (faster-whisper -> {brain} -> espeak-ng), "
+                f"NOT Fun-Audio-Chat{why}")
+    return f"{name} (diagnostic engine, NOT Fun-Audio-Chat)"
+
+
+def build_s2s_engine(cfg: S2SConfig, *, vocoder: VocoderConfig, asr: AsrConfig, tts: TtsConfig,
+                     responder: ResponderConfig, workers: WorkerConfig) -> S2SEngine:
+    name = resolve_s2s_engine(cfg)
+    if name == "loopback":
+        from web_demo.server.engines.loopback import LoopbackEngine
+
+        return LoopbackEngine()
+    if name == "cascade":
+        from web_demo.server.engines.cascade import CascadeEngine
+
+        return CascadeEngine(asr=build_asr_engine(asr, workers), responder=build_responder(responder),
+                             tts=build_tts_engine(tts, workers), language=asr.language)
+    from web_demo.server.engines.funaudiochat import FunAudioChatEngine
+
+    device = cfg.device if cfg.device != "auto" else ("cuda:0" if gpu_available() else "cpu")
+    return FunAudioChatEngine(model_path=cfg.model_path, tokenizer_path=cfg.tokenizer_path,
+                              device=device, vocoder=build_vocoder(vocoder, workers),
+                              max_batch=cfg.max_batch)
+
+
+def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
+    from web_demo.server.engines.local import WorkerVocoder
+
+    return WorkerVocoder(cfg=workers, init_kwargs={
+        "model_dir": str(cfg.model_path),
+        "device": f"cuda:{cfg.gpu}" if gpu_available() else "cpu",
+        "dtype": cfg.dtype, "mode": cfg.mode,
+        "speaker_embedding": str(cfg.speaker_embedding) if cfg.speaker_embedding else None})
+
+
+def build_asr_engine(cfg: AsrConfig, workers: WorkerConfig) -> AsrEngine:
+    from web_demo.server.engines.local import WorkerAsrEngine
+
+    return WorkerAsrEngine(init_kwargs={"model_dir": cfg.model, "device": cfg.device}, cfg=workers)
+
+
+def build_tts_engine(cfg: TtsConfig, workers: WorkerConfig) -> TtsEngine:
+    from web_demo.server.engines.local import WorkerTtsEngine
+
+    return WorkerTtsEngine(init_kwargs={"voice": cfg.voice}, cfg=workers)
+
+
+def build_responder(cfg: ResponderConfig) -> Responder:
+    if not cfg.llm_url:
+        return EchoResponder()
+    return OpenAIChatResponder(base_url=cfg.llm_url, model=cfg.llm_model, api_key=cfg.llm_api_key)

@@ -1,0 +1,1 @@
+"""Route modules; make_app mounts one per engine the service runs."""
