@@ -198,3 +198,34 @@ def test_rate_limit_collapses_a_flood_into_a_count() -> None:
     records = [logging.LogRecord("x", logging.INFO, __file__, 1, "bad frame: %s", (i,), None)
                for i in range(1000)]
     assert sum(limit.filter(r) for r in records) == 5
+
+
+@pytest.mark.slow
+async def test_a_worker_handlers_errors_reach_http_clients_by_kind(aiohttp_client) -> None:
+    """Handler -> pipe -> supervisor -> route -> middleware: the kind survives every hop."""
+    from tests.fakes import FAST, Reject, Sleep
+    from web_demo.server.workers.supervisor import WorkerSupervisor
+
+    worker = WorkerSupervisor(name="echo", handler="tests.fakes:EchoHandler",
+                              cfg=replace(FAST, max_pending=1))
+    await worker.start()
+    try:
+        async def reject(request: web.Request) -> web.Response:
+            await worker.call(Reject(param="voice"))
+            return web.json_response({})
+
+        async def slow(request: web.Request) -> web.Response:
+            return web.json_response({"chunks": await worker.call(Sleep(seconds=0.5, chunks=1))})
+
+        client = await make_client(aiohttp_client, routes={"/reject": reject, "/slow": slow})
+        body = await (await client.post("/reject")).json()
+        assert_error(body, 400, "invalid_request_error")
+        assert body["error"]["param"] == "voice" and "bad input on purpose" in body["error"]["message"]
+        first = asyncio.create_task(client.post("/slow"))
+        await asyncio.sleep(0.2)
+        busy = await client.post("/slow")  # max_pending=1: refused at once, not queued
+        assert_error(await busy.json(), 503, "engine_busy")
+        assert int(busy.headers["Retry-After"]) >= 1
+        assert (await (await first).json()) == {"chunks": [0]}
+    finally:
+        await worker.aclose()
