@@ -80,7 +80,9 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int) -> dict:
             "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1)}
 
 
-def start_server(max_sessions: int, send_ahead: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(max_sessions: int, send_ahead: float,
+                 root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts the loopback server of the checkout at `root` (e.g. an older commit's worktree)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -88,7 +90,7 @@ def start_server(max_sessions: int, send_ahead: float) -> tuple[subprocess.Popen
         [sys.executable, "-m", "web_demo.server.server", "--engine", "loopback", "--host",
          "127.0.0.1", "--port", str(port), "--max-sessions", str(max_sessions),
          "--send-ahead", str(send_ahead), "--log-level", "WARNING"],
-        cwd=ROOT)
+        cwd=root)  # python -m puts the cwd first on sys.path: that checkout's code runs
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--wav", type=Path, default=ROOT / "tests/fixtures/speech/fox.wav")
     p.add_argument("--url", help="ws://host:port/api/chat of a running loopback server")
+    p.add_argument("--server-root", type=Path, default=ROOT,
+                   help="checkout whose server to start, e.g. `git worktree add /tmp/old REF`")
     p.add_argument("--send-ahead", type=float, default=0.5)
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/s2s_load.json")
     a = p.parse_args(argv)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     process = None
     url = a.url
     if url is None:
-        process, url = start_server(max(levels), a.send_ahead)
+        process, url = start_server(max(levels), a.send_ahead, a.server_root)
     try:
         rows = []
         for n in levels:
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             process.terminate()
             process.wait(10)
     print(f"\n/api/chat load, loopback engine, {os.cpu_count()} cores, load generator on the "
-          f"same machine, {len(pages) * PAGE_S:.1f} s turns x {a.turns}")
+          f"same machine, {len(pages) * PAGE_S:.1f} s turns x {a.turns}, server from {a.server_root}")
     print_table(rows)
     ok = [r["sessions"] for r in rows if r["gap_p99_ms"] is not None
           and r["gap_p99_ms"] < GAP_TARGET_MS and r["errors"] == 0]
