@@ -16,9 +16,9 @@ import argparse
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -59,7 +59,8 @@ def prompts(runtime: FunAudioChatRuntime, n: int, base_len: int) -> list[list[in
     out = []
     for i in range(n):
         text = torch.randint(0, 150000, (base_len + 7 * i,), generator=gen).tolist()
-        out.append(text + [runtime.tokens.audio_bos] + [runtime.tokens.audio] * 10 + [runtime.tokens.audio_eos, 198])
+        audio = [runtime.tokens.audio_bos] + [runtime.tokens.audio] * 10 + [runtime.tokens.audio_eos, 198]
+        out.append(text + audio)
     return out
 
 
@@ -92,7 +93,8 @@ def run(runtime: FunAudioChatRuntime, sizes: list[int], steps: int, base_len: in
     all_ids = prompts(runtime, max(sizes), base_len)
     for b in sizes:
         batched = time_batched(runtime, [prepare(runtime, all_ids[i], i, steps) for i in range(b)], steps)
-        sequential = sum(time_batched(runtime, [prepare(runtime, all_ids[i], i, steps)], steps) for i in range(b))
+        sequential = sum(time_batched(runtime, [prepare(runtime, all_ids[i], i, steps)], steps)
+                         for i in range(b))
         row = {
             "batch": b,
             "batched_steps_per_s": b * steps / batched,
@@ -107,12 +109,14 @@ def run(runtime: FunAudioChatRuntime, sizes: list[int], steps: int, base_len: in
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'B':>3} | {'batched steps/s':>15} | {'sequential steps/s':>18} | {'speedup':>7} | {'RTF/session batched':>19} | {'RTF/session alone':>17}"
+    head = (f"{'B':>3} | {'batched steps/s':>15} | {'sequential steps/s':>18} | {'speedup':>7} | "
+            f"{'RTF/session batched':>19} | {'RTF/session alone':>17}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['batch']:>3} | {r['batched_steps_per_s']:>15.1f} | {r['sequential_steps_per_s']:>18.1f} | "
-            f"{r['speedup']:>6.2f}x | {r['batched_rtf_per_session']:>19.3f} | {r['sequential_rtf_per_session']:>17.3f}"
+            f"{r['speedup']:>6.2f}x | {r['batched_rtf_per_session']:>19.3f} | "
+            f"{r['sequential_rtf_per_session']:>17.3f}"
         )
     return "\n".join(lines)
 
@@ -142,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = run(runtime, sizes, args.steps, args.prompt_len)
     print(table(rows))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"runtime_decode_{'full_random' if args.full_size_random else 'tiny'}_{device.type}_{stamp}.json"
     meta = {"device": str(device), "dtype": str(runtime.dtype), "steps": args.steps, "threads": args.threads,
             "model": "full-size random" if args.full_size_random else str(args.model_path), "results": rows}

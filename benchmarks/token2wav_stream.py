@@ -63,7 +63,8 @@ def _sync(device: torch.device) -> None:
 def load_model(args: argparse.Namespace) -> Token2Wav:
     dtype = _DTYPES[args.dtype]
     if not args.full_size_random:
-        return Token2Wav.from_model_dir(args.model_dir, device=args.device, dtype=dtype, left_chunks=args.left_chunks)
+        return Token2Wav.from_model_dir(args.model_dir, device=args.device, dtype=dtype,
+                                        left_chunks=args.left_chunks)
     flow_cfg = flow_config_from_tree(load_json_tree(FIXTURES / "config" / "real_flow_config.json"))
     hift_cfg = hift_config_from_tree(load_json_tree(FIXTURES / "config" / "real_hift_config.json"))
     flow, hift = build_modules(flow_cfg, hift_cfg, build_noise(flow_cfg, hift_cfg))
@@ -99,7 +100,8 @@ def run_one(model: Token2Wav, mode: str, reply_s: float, embedding: np.ndarray, 
                   first_chunk_tokens=first_tokens, first_chunk_ms=round(1000 * first_spent, 2),
                   total_s=round(spent, 4),
                   cost_ms_per_s=round(1000 * spent / audio_s, 2),
-                  last_chunk_ms_per_s=round(1000 * last_t / (last_n / rate), 2), rtf=round(spent / audio_s, 4))
+                  last_chunk_ms_per_s=round(1000 * last_t / (last_n / rate), 2),
+                  rtf=round(spent / audio_s, 4))
 
 
 def print_table(results: list[Result]) -> str:
@@ -131,9 +133,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     p.add_argument("--durations", type=float, nargs="+", default=[5, 15, 30], help="reply lengths in seconds")
-    p.add_argument("--modes", nargs="+", default=[m.value for m in StreamMode], choices=[m.value for m in StreamMode])
+    modes = [m.value for m in StreamMode]
+    p.add_argument("--modes", nargs="+", default=modes, choices=modes)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup-s", type=float, default=2.0, help="reply length of the untimed warm-up run per mode")
+    p.add_argument("--warmup-s", type=float, default=2.0,
+                   help="reply length of the untimed warm-up run per mode")
     p.add_argument("--left-chunks", type=int, help="override num_decoding_left_chunks (-1: all, as released)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     return p.parse_args(argv)
@@ -153,13 +157,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratios = growth(results)
     logger.info("%s\n\ncost per audio second, longest / shortest reply: %s", table, ratios)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "token2wav_stream_" + ("full_random" if args.full_size_random else "tiny") + f"_{args.device.replace(':', '')}"
+    size = "full_random" if args.full_size_random else "tiny"
+    name = f"token2wav_stream_{size}_{args.device.replace(':', '')}"
     path = args.out / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     path.write_text(json.dumps({
         "model": "full-size random" if args.full_size_random else str(args.model_dir),
         "device": args.device, "dtype": args.dtype, "threads": args.threads, "left_chunks": args.left_chunks,
         "torch": torch.__version__, "machine": platform.machine(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device.startswith("cuda") else None,
+        "gpu": (torch.cuda.get_device_name(0)
+                if torch.cuda.is_available() and args.device.startswith("cuda") else None),
         "results": [asdict(r) for r in results], "cost_growth_longest_vs_shortest": ratios,
     }, indent=1))
     logger.info("wrote %s", path)

@@ -14,11 +14,19 @@ import numpy as np
 
 from web_demo.server.config import WorkerConfig
 from web_demo.server.engines.base import (
-    AudioDelta, PcmChunk, ReplyEvent, ReplyRequest, Segment, SynthesisRequest, TextDelta,
-    Transcription, TranscriptionRequest, UserTranscript)
+    AudioDelta,
+    PcmChunk,
+    ReplyEvent,
+    ReplyRequest,
+    Segment,
+    SynthesisRequest,
+    TextDelta,
+    Transcription,
+    TranscriptionRequest,
+    UserTranscript,
+)
 from web_demo.server.errors import BadRequest, ServingError
 from web_demo.server.workers.handler import unknown_request
-
 
 _TONE_200MS = (0.3 * np.sin(2 * np.pi * 330 * np.arange(4800) / 24000)).astype(np.float32)
 

@@ -70,4 +70,5 @@ def test_shutdown_stops_the_workers(tmp_path: Path) -> None:
     assert all(w["alive"] for w in workers.values())
     assert stop_server(server) == 0
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        proc = Path(f"/proc/{pid}")
+        assert not os.path.exists(proc) or "zombie" in (proc / "status").read_text().lower()

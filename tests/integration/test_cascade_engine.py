@@ -24,7 +24,7 @@ PAGES = tone_pages(0.5)
 class ToneTts:
     name, sample_rate = "tone", 24000
 
-    async def synthesize(self, request: SynthesisRequest):  # noqa: ANN201
+    async def synthesize(self, request: SynthesisRequest):
         yield PcmChunk(np.zeros(2400, np.float32), 24000)
 
 

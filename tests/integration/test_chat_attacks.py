@@ -88,7 +88,7 @@ async def test_client_that_never_reads_is_cut_once_its_outbox_is_full(chat_serve
     bystander = await connect()
     greedy = await client.ws_connect("/api/chat")  # never reads: its buffers fill up
     flood = b"\x03\x09"  # each answered with a 0x05 frame
-    with pytest.raises((ConnectionError, RuntimeError)):  # noqa: PT012
+    with pytest.raises((ConnectionError, RuntimeError)):
         for _ in range(200):
             for _ in range(500):
                 await greedy.send_bytes(flood)
@@ -129,10 +129,10 @@ async def test_barge_in_waits_for_a_fast_engine_to_let_go(chat_server) -> None:
 async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, monkeypatch) -> None:
     from utils.opus import OpusStreamEncoder
 
-    def broken(self, pcm):  # noqa: ANN001
+    def broken(self, pcm):
         raise ValueError("encoder exploded")
 
-    client, connect = await chat_server(FakeEngine(audio_s=0.4))
+    _client, connect = await chat_server(FakeEngine(audio_s=0.4))
     chat = await connect()
     monkeypatch.setattr(OpusStreamEncoder, "encode", broken)
     await chat.turn(PAGES)

@@ -40,12 +40,12 @@ class CountingVocoder(WorkerVocoder):
 
     codes_per_stream: list[int]
 
-    def open_stream(self):  # noqa: ANN201
+    def open_stream(self):
         stream, counts = super().open_stream(), self.codes_per_stream
         counts.append(0)
         push = stream.push
 
-        async def counting_push(tokens):  # noqa: ANN001, ANN202
+        async def counting_push(tokens):
             counts[-1] += sum(1 for t in tokens if 0 <= t < 6561)
             return await push(tokens)
 
@@ -62,7 +62,7 @@ def tiny_engine(speaker_npy: Path, max_steps: int) -> FunAudioChatEngine:
         device="cpu", vocoder=vocoder, sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
 
 
-def live_conversations(engine: FunAudioChatEngine) -> list:  # noqa: ANN001
+def live_conversations(engine: FunAudioChatEngine) -> list:
     return list(engine.conversations.values())
 
 

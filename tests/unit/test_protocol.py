@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from utils.opus import encode_browser_pages
 from web_demo.server import protocol
 from web_demo.server.errors import ProtocolError
-from utils.opus import encode_browser_pages
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn, MsgType
 
 

@@ -15,6 +15,7 @@ import ast
 import json
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> 
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
+        assert isinstance(node, yaml.ScalarNode)  # the composer builds only these three kinds
         value = loader.construct_scalar(node)
     if suffix == "ref":
         return _Ref(str(value))
@@ -121,7 +123,7 @@ def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> 
 
 _HyperYamlLoader.add_multi_constructor("!", _construct_tagged)
 
-_ARITH = {
+_ARITH: dict[type[ast.AST], Callable[..., Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,

@@ -44,7 +44,8 @@ class KVCache:
         """Frames currently held (and attended to)."""
         return self._hi - self._lo
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, first_visible: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(self, k: torch.Tensor, v: torch.Tensor,
+               first_visible: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Add [B, H, n, d] keys/values; return views over frames first_visible.. so far."""
         n = k.shape[2]
         self._lo = max(self._lo, self._hi - (self.length - first_visible))
@@ -138,6 +139,8 @@ class RotaryEmbedding(nn.Module):
 
     Upstream applies it before the head split, so only head 0 is rotated; we keep that.
     """
+
+    inv_freq: torch.Tensor  # buffer [dim_head/2], registered in __init__
 
     def __init__(self, dim_head: int) -> None:
         super().__init__()

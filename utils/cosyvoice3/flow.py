@@ -19,7 +19,8 @@ from .dit import DiT, DiTCache
 
 Taps = dict[str, torch.Tensor]
 # (x_in, mu_in, t_in, spks_in, cond_in, step index) -> velocity, batch of two rows
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+VelocityFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 class PreLookaheadLayer(nn.Module):
@@ -48,6 +49,8 @@ class PreLookaheadLayer(nn.Module):
 
 class ConditionalFlowSampler(nn.Module):
     """Euler solver of the CFG flow ODE with a cosine time grid (upstream's decoder)."""
+
+    rand_noise: torch.Tensor  # buffer [1, 80, max_noise_frames], registered in __init__
 
     def __init__(self, cfg: FlowConfig, flow_noise: torch.Tensor) -> None:
         super().__init__()
@@ -147,7 +150,8 @@ class CausalFlow(nn.Module):
         steps' inputs and velocities (step_x_in, step_t, step_v_cond, step_v_uncond).
         """
         n_prompt = prompt_tokens.shape[1]
-        assert prompt_feat.shape[1] == self.cfg.token_mel_ratio * n_prompt, (prompt_tokens.shape, prompt_feat.shape)
+        assert prompt_feat.shape[1] == self.cfg.token_mel_ratio * n_prompt, (
+            prompt_tokens.shape, prompt_feat.shape)
         spks = self.speaker(embedding)
         emb = self.embed(torch.cat([prompt_tokens.to(tokens), tokens], dim=1))
         look = self.cfg.pre_lookahead_len

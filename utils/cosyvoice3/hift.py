@@ -14,6 +14,7 @@ behind the f0/source front.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,8 @@ class HiftState:
 class HiftGenerator(nn.Module):
     """Upstream `CausalHiFTGenerator` with stream-carried state."""
 
+    window: torch.Tensor  # buffer [n_fft], registered in __init__
+
     def __init__(self, cfg: HiftConfig, sine_noise: torch.Tensor) -> None:
         super().__init__()
         self.cfg = cfg
@@ -63,7 +66,7 @@ class HiftGenerator(nn.Module):
         down = [1]
         for rate in reversed(cfg.upsample_rates[1:]):
             down.insert(0, down[0] * rate)
-        for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+        for i, (_rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             cin, ch = cfg.base_channels // 2**i, cfg.base_channels // 2 ** (i + 1)
             self.ups.append(left_conv(cin, ch, kernel))
             d = down[i]
@@ -86,6 +89,7 @@ class HiftGenerator(nn.Module):
 
     @property
     def trunk_dtype(self) -> torch.dtype:
+        assert self.conv_pre.bias is not None  # every StreamConv1d here is built with a bias
         return self.conv_pre.bias.dtype
 
     # ------------------------------------------------------------------ public calls
@@ -181,10 +185,12 @@ class HiftGenerator(nn.Module):
         per_stage = len(self.cfg.resblock_kernel_sizes)
         for i, (up, rate) in enumerate(zip(self.ups, self.cfg.upsample_rates)):
             x = F.leaky_relu(x, self.cfg.lrelu_slope)
-            x = up.stream(x.repeat_interleave(rate, dim=2), buffers)
+            # nn.ModuleList items are typed nn.Module; ups and source_downs hold StreamConv1d
+            x = cast(StreamConv1d, up).stream(x.repeat_interleave(rate, dim=2), buffers)
             if i == last and first:
                 x = torch.cat([x[:, :, 1:2], x], dim=2)  # reflection pad (1, 0) at stream start
-            si = self.source_resblocks[i](self.source_downs[i].stream(spec, buffers), buffers)
+            down = cast(StreamConv1d, self.source_downs[i])
+            si = self.source_resblocks[i](down.stream(spec, buffers), buffers)
             assert si.shape == x.shape, (i, si.shape, x.shape)
             x = x + si
             xs = self.resblocks[i * per_stage](x, buffers)

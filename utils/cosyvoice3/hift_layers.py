@@ -9,6 +9,7 @@ Parameter names follow upstream's `hift.pt` keys.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, buffers: ConvBuffers) -> torch.Tensor:
         for conv1, conv2, act1, act2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
-            y = conv1.stream(act1(x), buffers)
-            x = conv2.stream(act2(y), buffers) + x
+            # nn.ModuleList items are typed nn.Module; convs1 and convs2 hold StreamConv1d
+            y = cast(StreamConv1d, conv1).stream(act1(x), buffers)
+            x = cast(StreamConv1d, conv2).stream(act2(y), buffers) + x
         return x
 
 
@@ -114,7 +116,8 @@ class SourceModule(nn.Module):
         self.alpha, self.sigma, self.voiced_threshold = alpha, sigma, voiced_threshold
         self.l_linear = nn.Linear(n_harmonics, 1)
 
-    def forward(self, f0: torch.Tensor, phase: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, f0: torch.Tensor, phase: torch.Tensor,
+                noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f0 [1, n] Hz; phase [1, 9] fp64 running sum; noise [1, spf*n, 9] uniform.
 
         Returns (excitation before the merge, [1, spf*n, 9]; updated phase sum).

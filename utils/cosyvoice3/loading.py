@@ -69,17 +69,18 @@ def find_model_files(model_dir: str | Path) -> ModelFiles:
     yaml_path = root / "cosyvoice3.yaml"
     if yaml_path.is_file():
         trees = load_release_yaml(yaml_path)
-        files = ModelFiles("release", flow_config_from_tree(trees["flow"]), hift_config_from_tree(trees["hift"]),
-                           root / "flow.pt", root / "hift.pt", spk)
+        files = ModelFiles("release", flow_config_from_tree(trees["flow"]),
+                           hift_config_from_tree(trees["hift"]), root / "flow.pt", root / "hift.pt", spk)
     else:
         found = {s: _one(root, s) for s in ("flow_config.json", "hift_config.json",
                                              "flow.safetensors", "hift.safetensors")}
         missing = [s for s, p in found.items() if p is None]
         if missing:
             raise FileNotFoundError(f"{root}: no cosyvoice3.yaml, and the test layout lacks {missing}")
-        files = ModelFiles("test", flow_config_from_tree(load_json_tree(found["flow_config.json"])),
-                           hift_config_from_tree(load_json_tree(found["hift_config.json"])),
-                           found["flow.safetensors"], found["hift.safetensors"], spk)  # type: ignore[arg-type]
+        paths = {s: p for s, p in found.items() if p is not None}  # all of them, as none is missing
+        files = ModelFiles("test", flow_config_from_tree(load_json_tree(paths["flow_config.json"])),
+                           hift_config_from_tree(load_json_tree(paths["hift_config.json"])),
+                           paths["flow.safetensors"], paths["hift.safetensors"], spk)
     for path in (files.flow_weights, files.hift_weights):
         if not path.is_file():
             raise FileNotFoundError(f"missing weights file {path}")
@@ -122,11 +123,13 @@ def check_state_dict(expected: Shapes, state: dict[str, torch.Tensor], what: str
         lines = [f"{what} checkpoint does not match the model config:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+                more = " ..." if len(items) > 20 else ""
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + more)
         raise StateDictMismatch("\n".join(lines))
 
 
-def build_modules(flow_cfg: FlowConfig, hift_cfg: HiftConfig, noise: NoiseBuffers) -> tuple[CausalFlow, HiftGenerator]:
+def build_modules(flow_cfg: FlowConfig, hift_cfg: HiftConfig,
+                  noise: NoiseBuffers) -> tuple[CausalFlow, HiftGenerator]:
     return CausalFlow(flow_cfg, noise.flow_noise), HiftGenerator(hift_cfg, noise.sine_noise)
 
 
@@ -134,7 +137,8 @@ def expected_shapes(flow_cfg: FlowConfig, hift_cfg: HiftConfig) -> tuple[Shapes,
     """Checkpoint keys and shapes the models expect, built on the meta device (no memory)."""
     with torch.device("meta"):
         noise = NoiseBuffers(torch.empty(1, flow_cfg.output_size, flow_cfg.max_noise_frames),
-                             torch.empty(1, 0, hift_cfg.nb_harmonics + 1), torch.empty(1, hift_cfg.nb_harmonics + 1))
+                             torch.empty(1, 0, hift_cfg.nb_harmonics + 1),
+                             torch.empty(1, hift_cfg.nb_harmonics + 1))
         flow, hift = build_modules(flow_cfg, hift_cfg, noise)
     return state_shapes(flow), state_shapes(hift)
 
@@ -171,7 +175,8 @@ def load_models(model_dir: str | Path, *, device: str | torch.device = "cpu",
     hift.load_state_dict(hift_state, strict=True)
     hift.fold_weight_norm()
     place(flow, hift, torch.device(device), dtype)
-    logger.info("loaded CosyVoice3 token2wav (%s layout) from %s on %s/%s", files.layout, model_dir, device, dtype)
+    logger.info("loaded CosyVoice3 token2wav (%s layout) from %s on %s/%s",
+                files.layout, model_dir, device, dtype)
     return flow, hift, files
 
 

@@ -43,7 +43,8 @@ def _consume_conv(gen: torch.Generator, cout: int, cin: int, kernel: int) -> Non
     torch.empty(cout).uniform_(-bound, bound, generator=gen)
 
 
-def build_noise(flow_cfg: FlowConfig, hift_cfg: HiftConfig, *, sine_samples: int | None = None) -> NoiseBuffers:
+def build_noise(flow_cfg: FlowConfig, hift_cfg: HiftConfig, *,
+                sine_samples: int | None = None) -> NoiseBuffers:
     """Replay upstream's construction-time draws.
 
     `sine_samples` shortens the sine buffer (the draws are sequential, so a shorter buffer

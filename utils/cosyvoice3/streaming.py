@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SPEAKER = "中文女"  # the speaker Fun-Audio-Chat uses from its spk2info
 
 
-class StreamMode(str, enum.Enum):
+class StreamMode(enum.StrEnum):
     CACHED = "cached"
     UPSTREAM_FAC = "upstream-fac"
     UPSTREAM_NATIVE = "upstream-native"
@@ -96,15 +96,18 @@ class Token2Wav:
         else:
             raise ValueError("no speaker embedding given and no default speaker in spk2info")
         if emb.shape[1] != self.flow.cfg.spk_embed_dim:
-            raise ValueError(f"speaker embedding must have {self.flow.cfg.spk_embed_dim} values, got {emb.shape[1]}")
+            raise ValueError(f"speaker embedding must have {self.flow.cfg.spk_embed_dim} values, "
+                             f"got {emb.shape[1]}")
         return emb.to(self.device)
 
     def new_stream(self, mode: StreamMode | str = StreamMode.CACHED, *,
                    embedding: np.ndarray | torch.Tensor | None = None,
                    speaker: str | None = None) -> Token2WavStream:
         emb = self.speaker_embedding(embedding, speaker)
-        stream_cls = {StreamMode.CACHED: CachedStream, StreamMode.UPSTREAM_FAC: FunAudioChatStream,
-                      StreamMode.UPSTREAM_NATIVE: NativeStream}[StreamMode(mode)]
+        classes: dict[StreamMode, type[Token2WavStream]] = {
+            StreamMode.CACHED: CachedStream, StreamMode.UPSTREAM_FAC: FunAudioChatStream,
+            StreamMode.UPSTREAM_NATIVE: NativeStream}
+        stream_cls = classes[StreamMode(mode)]
         return stream_cls(self, emb)
 
     @torch.inference_mode()
@@ -136,7 +139,8 @@ class UpstreamCall:
         token = torch.tensor([tokens], dtype=torch.int32, device=device)
         empty_tok = torch.zeros(1, 0, dtype=torch.int32, device=device)
         empty_feat = torch.zeros(1, 0, flow.cfg.output_size, device=device)
-        mel = flow.inference(token, empty_tok, empty_feat, self.embedding, streaming=stream, finalize=finalize)
+        mel = flow.inference(token, empty_tok, empty_feat, self.embedding,
+                             streaming=stream, finalize=finalize)
         mel = mel[:, :, token_offset * flow.cfg.token_mel_ratio:]
         self.cache_mel = mel if self.cache_mel is None else torch.cat([self.cache_mel, mel], dim=2)
         audio = self.model.hift.upstream_inference(self.cache_mel, finalize=finalize)[self.speech_offset:]

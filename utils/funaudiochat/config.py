@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen3Config
+from transformers.models.qwen3 import Qwen3Config  # transformers' lazy __init__ hides it from mypy
 
 
 @dataclass(frozen=True)

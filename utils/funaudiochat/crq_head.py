@@ -8,11 +8,11 @@ same tensor as ``audio_tower.embed_tokens.weight``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from transformers import Qwen3Config
+from transformers.models.qwen3 import Qwen3Config  # transformers' lazy __init__ hides it from mypy
 
 from .config import AudioConfig
 from .kv_cache import PrefixKVCache
@@ -58,7 +58,7 @@ class SpeechHead(nn.Module):
         stream). Returns (tokens [B, G], raw logits [B, G, C]). Only the last G-1 stream
         positions get a sampled token as feedback; earlier ones get ``prev_tokens``.
         """
-        b, n, _ = x.shape
+        _b, n, _ = x.shape
         up = self.upsample(x)  # [B, nG, D]
         head = n * self.group - self.group + 1
         tokens: list[Tensor] = []

@@ -8,6 +8,7 @@ all of them at once; rows join after their prefill and leave when finished or ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,8 @@ class StepResult:
 class TurnRow:
     """Generation state of one session for one turn (upstream's per-row ``_sample`` state)."""
 
-    def __init__(self, runtime: FunAudioChatRuntime, prompt_ids: list[int], params: SamplingParams, *, speech: bool) -> None:
+    def __init__(self, runtime: FunAudioChatRuntime, prompt_ids: list[int], params: SamplingParams, *,
+                 speech: bool) -> None:
         cfg, dev = runtime.config, runtime.device
         self.runtime, self.params, self.speech = runtime, params, speech
         self.tok = runtime.tokens
@@ -134,7 +136,8 @@ def speech_chooser(rows: list[TurnRow]):
     chosen: list[list[int]] = [[] for _ in rows]
 
     def pick(logits: Tensor, sub_step: int) -> Tensor:
-        tokens = choose(logits, [r.speech_choice(seen[b], chosen[b]) for b, r in enumerate(rows)], kind="speech")
+        choices = [r.speech_choice(seen[b], chosen[b]) for b, r in enumerate(rows)]
+        tokens = choose(logits, choices, kind="speech")
         seen[torch.arange(len(rows), device=seen.device), tokens] = True
         for b, t in enumerate(tokens.tolist()):
             chosen[b].append(t)
@@ -190,15 +193,16 @@ class DecodeBatch:
         token_emb = model.language_model.embed(last)  # [B, D]
         x = self._lm_inputs(rows, token_emb)  # [B, 1, D]
         logits, hidden = model.language_model(x, self.lm_cache)  # [B, V], [B, 1, D]
-        crq_tokens: list[list[int] | None] = [None] * len(rows)
+        crq_tokens: Sequence[list[int] | None] = [None] * len(rows)
         if self.crq_cache is not None:
             prev = torch.tensor([r.crq_prev for r in rows], device=self.runtime.device)
             toks, _ = model.audio_invert_tower.generate_group(
                 hidden + token_emb[:, None], self.crq_cache, prev, speech_chooser(rows)
             )
-            crq_tokens = toks.tolist()
-            for r, t in zip(rows, crq_tokens):
+            group_tokens: list[list[int]] = toks.tolist()  # [B, G]
+            for r, t in zip(rows, group_tokens):
                 r.crq_prev = t[-1]
+            crq_tokens = group_tokens
         texts = choose_text(rows, logits)
         results = [r.apply(t, c) for r, t, c in zip(rows, texts, crq_tokens)]
         for r in rows:

@@ -36,7 +36,8 @@ class DiscreteAudioEncoder(nn.Module):
         """speech_ids: [A, S] (S a multiple of G) -> [A, S/G, D]."""
         return self.output_matching(self._group_mean(self.embed_tokens(speech_ids)))
 
-    def forward(self, speech_ids: Tensor, continuous: Tensor | None = None, exists: Tensor | None = None) -> Tensor:
+    def forward(self, speech_ids: Tensor, continuous: Tensor | None = None,
+                exists: Tensor | None = None) -> Tensor:
         """Rows for every group of every audio: [A, S/G, D].
 
         continuous: [A, S, D] from the continuous encoder (its zero rows past an audio's end take

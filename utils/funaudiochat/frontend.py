@@ -38,7 +38,8 @@ class LogMelFrontend:
 
     def __init__(self, extractor: WhisperFeatureExtractor) -> None:
         if extractor.sampling_rate != SAMPLE_RATE:
-            raise ValueError(f"feature extractor expects {extractor.sampling_rate} Hz, runtime feeds {SAMPLE_RATE}")
+            raise ValueError(f"feature extractor expects {extractor.sampling_rate} Hz, "
+                             f"runtime feeds {SAMPLE_RATE}")
         self.extractor = extractor
 
     @classmethod
@@ -50,7 +51,8 @@ class LogMelFrontend:
             logger.info("no preprocessor_config.json in %s; using Whisper defaults", path)
             extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
         if extractor.feature_size != num_mel_bins:
-            raise ValueError(f"feature extractor has {extractor.feature_size} mels, model wants {num_mel_bins}")
+            raise ValueError(f"feature extractor has {extractor.feature_size} mels, "
+                             f"model wants {num_mel_bins}")
         return cls(extractor)
 
     def __call__(self, waveforms: list[np.ndarray]) -> tuple[Tensor, list[int]]:

@@ -15,8 +15,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -59,7 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_state(runtime, conv: dict[str, Any], base: Path, speech: bool) -> tuple[ConversationState, UserTurn]:
+def build_state(runtime, conv: dict[str, Any], base: Path,
+                speech: bool) -> tuple[ConversationState, UserTurn]:
     turns = conv.get("turns") or []
     if not turns or "user_audio" not in turns[-1]:
         raise ValueError("the last turn of the conversation must be a user_audio turn")

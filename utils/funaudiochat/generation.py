@@ -7,7 +7,8 @@ and whatever was generated so far is recorded as the assistant reply.
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 from .decoding import DecodeBatch, StepResult
 from .loading import FunAudioChatRuntime

@@ -104,8 +104,9 @@ class BatchKVCache:
     def _alloc(self, rows: int, seq: int) -> None:
         old_k, old_v = self.keys, self.values
         shape = (rows, self._shape[0], seq, self._shape[1])
-        self.keys = [torch.zeros(shape, dtype=self._dtype, device=self._device) for _ in range(self._num_layers)]
-        self.values = [torch.zeros(shape, dtype=self._dtype, device=self._device) for _ in range(self._num_layers)]
+        layers = range(self._num_layers)
+        self.keys = [torch.zeros(shape, dtype=self._dtype, device=self._device) for _ in layers]
+        self.values = [torch.zeros(shape, dtype=self._dtype, device=self._device) for _ in layers]
         for new, old in zip([*self.keys, *self.values], [*old_k, *old_v]):
             r, s = min(rows, old.shape[0]), min(seq, old.shape[2])
             new[:r, :, :s] = old[:r, :, :s]
@@ -114,7 +115,8 @@ class BatchKVCache:
         cap_rows, cap_seq = self.keys[0].shape[0], self.keys[0].shape[2]
         if rows > cap_rows or seq > cap_seq:
             # doubling keeps the amortised copy cost linear in the generated length
-            self._alloc(max(rows, cap_rows * (2 if rows > cap_rows else 1)), max(seq, cap_seq * (2 if seq > cap_seq else 1)))
+            self._alloc(max(rows, cap_rows * (2 if rows > cap_rows else 1)),
+                        max(seq, cap_seq * (2 if seq > cap_seq else 1)))
 
     def add_row(self, prefix: PrefixKVCache) -> int:
         """Copy a session's prefix cache into a new last row; returns the row index."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from .config import FunAudioChatConfig
 from .frontend import LogMelFrontend
@@ -59,7 +60,7 @@ def read_state_dict(model_dir: Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for path in _shard_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 -- safe_open is not iterable, it only has keys()
                 if key in state:
                     raise CheckpointError(f"key {key} appears in more than one shard")
                 state[key] = f.get_tensor(key)
@@ -97,11 +98,13 @@ def check_state_dict(model: FunAudioChatModel, state: dict[str, Tensor]) -> dict
     return state
 
 
-def build_model(cfg: FunAudioChatConfig, state: dict[str, Tensor], *, device: torch.device, dtype: torch.dtype) -> FunAudioChatModel:
+def build_model(cfg: FunAudioChatConfig, state: dict[str, Tensor], *, device: torch.device,
+                dtype: torch.dtype) -> FunAudioChatModel:
     with torch.device("meta"):
         model = FunAudioChatModel(cfg)
     state = check_state_dict(model, state)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
+                          strict=False, assign=True)
     model.tie_weights()  # assign=True replaced the shared parameter on one side only
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
@@ -142,7 +145,9 @@ def load_model(
     Defaults: CUDA if available, bf16 on CUDA and fp32 on CPU.
     """
     model_dir = Path(model_dir)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     dt = dtype or default_dtype(dev)
     cfg = FunAudioChatConfig.from_json(model_dir / "config.json")
     model = build_model(cfg, read_state_dict(model_dir), device=dev, dtype=dt)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
-from transformers import Qwen3Config
+from transformers.models.qwen3 import Qwen3Config  # transformers' lazy __init__ hides it from mypy
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, apply_rotary_pos_emb
 
 
@@ -53,7 +53,8 @@ class Qwen3Attention(nn.Module):
     def __init__(self, cfg: Qwen3Config, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
         d = cfg.hidden_size
         self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
@@ -64,9 +65,10 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: AttentionCache) -> Tensor:
         b, n, _ = x.shape  # [B, n, D]
-        q = self.q_norm(self.q_proj(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)  # [B, H, n, hd]
-        k = self.k_norm(self.k_proj(x).view(b, n, self.kv_heads, self.head_dim)).transpose(1, 2)  # [B, K, n, hd]
-        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, K, n, hd]
+        hd = self.head_dim
+        q = self.q_norm(self.q_proj(x).view(b, n, self.heads, hd)).transpose(1, 2)  # [B, H, n, hd]
+        k = self.k_norm(self.k_proj(x).view(b, n, self.kv_heads, hd)).transpose(1, 2)  # [B, K, n, hd]
+        v = self.v_proj(x).view(b, n, self.kv_heads, hd).transpose(1, 2)  # [B, K, n, hd]
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         out = cache.attend(self.layer_idx, q, k, v)  # [B, H, n, hd]
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))

@@ -7,8 +7,9 @@ row (penalising a token once or many times gives the same scores).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -121,7 +122,8 @@ def _surely_wide(probs: Tensor, sub: list[ChoiceRow], k_cap: int) -> list[bool]:
     return (free & ((top_p >= 1.0) | short)).tolist()
 
 
-def _candidate_pick(probs: Tensor, sub: list[ChoiceRow], u: Tensor, k_cap: int) -> tuple[list[int], list[bool]]:
+def _candidate_pick(probs: Tensor, sub: list[ChoiceRow], u: Tensor,
+                    k_cap: int) -> tuple[list[int], list[bool]]:
     """Top-k, top-p and the draw over each row's k_cap best tokens; covered: whether that was enough."""
     dev = probs.device
     cand_p, cand_idx = probs.topk(k_cap, dim=-1)  # [b, K], best first
@@ -178,11 +180,13 @@ def _wide_pick(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
     if len(rows) == b:  # the usual case: no copy of the batch
         tokens = _bucket_draw(probs, from_top, nucleus_end, tp, ut)
     elif rows:
-        for j, token in zip(rows, _bucket_draw(probs[rows], from_top[rows], nucleus_end[rows], tp[rows], ut[rows])):
+        drawn = _bucket_draw(probs[rows], from_top[rows], nucleus_end[rows], tp[rows], ut[rows])
+        for j, token in zip(rows, drawn):
             tokens[j] = token
     rest = [j for j in range(b) if tokens[j] < 0]
     if rest:
-        for j, token in zip(rest, _wide_pick_sorted(probs[rest], [top_p[j] for j in rest], [u[j] for j in rest])):
+        picked = _wide_pick_sorted(probs[rest], [top_p[j] for j in rest], [u[j] for j in rest])
+        for j, token in zip(rest, picked):
             tokens[j] = token
     return tokens
 
@@ -227,7 +231,8 @@ def _bucket_runs(
     vals, order = vals.sort(dim=-1, descending=True, stable=True)  # ties keep ascending ids
     # whole buckets are gathered, so the mass missing before a token is that of the buckets skipped
     in_range = _in_buckets(vals, last, first)
-    skipped = _mass_above(from_top, nucleus_end) - _mass_above(from_top, last + 1) + _mass_above(from_top, first)
+    skipped = (_mass_above(from_top, nucleus_end) - _mass_above(from_top, last + 1)
+               + _mass_above(from_top, first))
     gap = torch.where(in_range, _mass_above(from_top, first), skipped)
     running = torch.where(vals >= 0, vals.double().cumsum(-1) + gap, float("inf"))
     return tok.gather(1, order), running
@@ -250,7 +255,8 @@ def _mass_above(from_top: Tensor, k: Tensor) -> Tensor:
 
 
 def _wide_pick_sorted(probs: Tensor, top_p: list[float], u: list[float]) -> list[int]:
-    """``_wide_pick`` by a full sort of every row: its definition, and the way for rows buckets cannot serve."""
+    """``_wide_pick`` by a full sort of every row: its definition, and the way for rows buckets
+    cannot serve."""
     dev, vocab = probs.device, probs.shape[-1]
     vals, order = probs.sort(dim=-1, descending=True, stable=True)
     running = vals.double().cumsum(-1)  # [b, V]
@@ -272,7 +278,8 @@ def choose(logits: Tensor, rows: list[ChoiceRow], *, kind: str) -> Tensor:
             scores[b, r.ban_token] = float("-inf")
         hook = r.params.extra_processor
         if hook is not None and not greedy_raw[b]:
-            scores[b] = hook.text(r.context, scores[b]) if kind == "text" else hook.speech(r.context, scores[b])
+            process = hook.text if kind == "text" else hook.speech
+            scores[b] = process(r.context, scores[b])
     sampling = [r.params.do_sample and not g for r, g in zip(rows, greedy_raw)]
     tokens = torch.zeros(len(rows), dtype=torch.long, device=logits.device)
     argmax_rows = [b for b, s in enumerate(sampling) if not s]  # sampled rows need no argmax

@@ -14,8 +14,8 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator
 
 import torch
 
@@ -90,7 +90,8 @@ class _Request:
 class Scheduler:
     """Owns the decode batches; the only thread that runs the model once started."""
 
-    def __init__(self, runtime: FunAudioChatRuntime, *, max_batch: int = 32, prefills_per_step: int = 1) -> None:
+    def __init__(self, runtime: FunAudioChatRuntime, *, max_batch: int = 32,
+                 prefills_per_step: int = 1) -> None:
         self.runtime = runtime
         self.max_batch, self.prefills_per_step = max_batch, prefills_per_step
         self._cond = threading.Condition()
@@ -191,7 +192,8 @@ class Scheduler:
                     break
                 cancels, self._cancels = self._cancels, []
                 room = max(0, self.max_batch - len(self._active))
-                admitted = [self._pending.popleft() for _ in range(min(room, self.prefills_per_step, len(self._pending)))]
+                n_admit = min(room, self.prefills_per_step, len(self._pending))
+                admitted = [self._pending.popleft() for _ in range(n_admit)]
                 self._admitting = list(admitted)
                 for h in cancels:  # cancelled before admission: drop from the queue
                     for r in [r for r in self._pending if r.handle is h]:

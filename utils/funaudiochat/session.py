@@ -20,7 +20,14 @@ from .discrete_encoder import placeholder_count
 from .frontend import frames_25hz
 from .kv_cache import PrefixKVCache
 from .loading import FunAudioChatRuntime
-from .prompt import AUDIO_TEMPLATE, S2T_SYSTEM_PROMPT, SPOKEN_S2M_SYSTEM_PROMPT, clean_assistant_text, expand_audio, render_chat
+from .prompt import (
+    AUDIO_TEMPLATE,
+    S2T_SYSTEM_PROMPT,
+    SPOKEN_S2M_SYSTEM_PROMPT,
+    clean_assistant_text,
+    expand_audio,
+    render_chat,
+)
 from .sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -174,7 +181,8 @@ def encode_user_audio(runtime: FunAudioChatRuntime, turn: UserTurn) -> Tensor:
 
 @torch.inference_mode()
 def start_turn(
-    runtime: FunAudioChatRuntime, state: ConversationState, turn: UserTurn, params: SamplingParams, *, speech: bool
+    runtime: FunAudioChatRuntime, state: ConversationState, turn: UserTurn, params: SamplingParams, *,
+    speech: bool,
 ) -> PreparedTurn:
     """Add the user turn, prefill what the caches lack and run decode step 0."""
     if state.busy:
@@ -189,14 +197,16 @@ def start_turn(
 
 @torch.inference_mode()
 def prefill_prompt(
-    runtime: FunAudioChatRuntime, ids: list[int], audio_rows: list[Tensor], params: SamplingParams, *, speech: bool
+    runtime: FunAudioChatRuntime, ids: list[int], audio_rows: list[Tensor], params: SamplingParams, *,
+    speech: bool,
 ) -> PreparedTurn:
     """Prefill prompt ids (already expanded) into fresh caches, without a conversation."""
     return _prefill(runtime, _fresh(runtime, speech), ids, audio_rows, params, speech)
 
 
 def _prefill(
-    runtime: FunAudioChatRuntime, caches: _Caches, ids: list[int], audio: list[Tensor], params: SamplingParams, speech: bool
+    runtime: FunAudioChatRuntime, caches: _Caches, ids: list[int], audio: list[Tensor],
+    params: SamplingParams, speech: bool,
 ) -> PreparedTurn:
     """Run the LM (and CRQ) over ``ids`` past the cached prefix, then choose step 0."""
     start = len(caches.ids)
@@ -204,7 +214,10 @@ def _prefill(
     model = runtime.model
     new_ids = torch.tensor([ids[start:]], device=runtime.device)  # [1, n]
     skip = sum(1 for t in caches.ids if t == runtime.config.audio_token_index)
-    rows = torch.cat(audio)[skip:] if audio else torch.zeros(0, runtime.config.hidden_size, device=runtime.device)
+    if audio:
+        rows = torch.cat(audio)[skip:]  # [N, D]: the audio placeholders not in the cache yet
+    else:
+        rows = torch.zeros(0, runtime.config.hidden_size, device=runtime.device)
     embeds = model.embed_prompt(new_ids, rows.to(runtime.dtype))  # [1, n, D]
     logits, hidden = model.language_model(embeds, caches.lm)
     row = TurnRow(runtime, ids, params, speech=speech)

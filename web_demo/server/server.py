@@ -15,8 +15,18 @@ from dataclasses import dataclass
 
 from web_demo.server.app import LIFECYCLE, make_app
 from web_demo.server.config import (
-    AsrConfig, ChatConfig, HelpFormatter, HttpConfig, ResponderConfig, S2SConfig, TtsConfig,
-    VocoderConfig, WorkerConfig, add_flags, from_args)
+    AsrConfig,
+    ChatConfig,
+    HelpFormatter,
+    HttpConfig,
+    ResponderConfig,
+    S2SConfig,
+    TtsConfig,
+    VocoderConfig,
+    WorkerConfig,
+    add_flags,
+    from_args,
+)
 from web_demo.server.engines.builders import build_s2s_engine, describe_s2s_choice
 from web_demo.server.lifecycle import bind, serve
 from web_demo.server.logs import setup_logging

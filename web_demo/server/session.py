@@ -36,7 +36,14 @@ from utils.opus import OpusStreamDecoder, OpusStreamEncoder
 from web_demo.server import protocol
 from web_demo.server.config import ChatConfig
 from web_demo.server.engines.base import (
-    AudioDelta, QueuePosition, ReplyRequest, S2SConversation, S2SEngine, TextDelta, UserTranscript)
+    AudioDelta,
+    QueuePosition,
+    ReplyRequest,
+    S2SConversation,
+    S2SEngine,
+    TextDelta,
+    UserTranscript,
+)
 from web_demo.server.errors import EngineDead, ProtocolError, ServingError
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
@@ -237,7 +244,8 @@ class ChatSession:
             if not isinstance(prompt, str):
                 raise ProtocolError("system_prompt must be a string")
             if len(prompt) > protocol.MAX_SYSTEM_PROMPT_CHARS:
-                raise ProtocolError(f"system_prompt longer than {protocol.MAX_SYSTEM_PROMPT_CHARS} characters")
+                raise ProtocolError(
+                    f"system_prompt longer than {protocol.MAX_SYSTEM_PROMPT_CHARS} characters")
             self._system_prompt = prompt or self._cfg.default_system_prompt or None
         if "extras" in data:
             self._extras = bool(data["extras"])

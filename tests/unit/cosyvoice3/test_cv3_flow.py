@@ -23,7 +23,8 @@ def test_dit_unit(model: Token2Wav, streaming: bool, key: str) -> None:
     d = case("dit_unit")
     est = model.flow.decoder.estimator
     seen: dict = {}
-    hooks = [_capture(est.time_embed, seen, "time_embed_out"), _capture(est.input_embed, seen, "input_embed_out"),
+    hooks = [_capture(est.time_embed, seen, "time_embed_out"),
+             _capture(est.input_embed, seen, "input_embed_out"),
              _capture(est.transformer_blocks[0], seen, "block0_out")]
     try:
         out = est(d["x"], d["mask"], d["mu"], d["t"], d["spks"], d["cond"], streaming=streaming)
@@ -48,36 +49,44 @@ def test_prelookahead_unit(model: Token2Wav) -> None:
     d = case("prelookahead_unit")
     layer = model.flow.pre_lookahead_layer
     assert_close(layer(d["inputs"]), d["out_no_context"], FLOW_ATOL, "no context")
-    assert_close(layer(d["inputs"][:, :17], context=d["inputs"][:, 17:]), d["out_with_context"], FLOW_ATOL, "context")
+    with_context = layer(d["inputs"][:, :17], context=d["inputs"][:, 17:])
+    assert_close(with_context, d["out_with_context"], FLOW_ATOL, "context")
 
 
 def _run_flow(model: Token2Wav, tokens, prompt: bool, *, streaming: bool, finalize: bool):
     inp = case("inputs")
     flow = model.flow
     seen: dict = {}
-    hooks = [_capture(flow.spk_embed_affine_layer, seen, "spk_proj"), _capture(flow.input_embedding, seen, "token_emb"),
+    hooks = [_capture(flow.spk_embed_affine_layer, seen, "spk_proj"),
+             _capture(flow.input_embedding, seen, "token_emb"),
              _capture(flow.pre_lookahead_layer, seen, "prelookahead_out"),
              _capture(flow.decoder.estimator, seen, "estimator_in", inputs=True)]
     taps: dict = {}
     try:
-        pt, pf = (inp["prompt_token"], inp["prompt_feat"]) if prompt else (inp["empty_prompt_token"], inp["empty_prompt_feat"])
-        mel = flow.inference(tokens, pt, pf, inp["embedding"], streaming=streaming, finalize=finalize, taps=taps)
+        if prompt:
+            pt, pf = inp["prompt_token"], inp["prompt_feat"]
+        else:
+            pt, pf = inp["empty_prompt_token"], inp["empty_prompt_feat"]
+        mel = flow.inference(tokens, pt, pf, inp["embedding"], streaming=streaming, finalize=finalize,
+                             taps=taps)
     finally:
         for h in hooks:
             h.remove()
-    x, mask, mu, _t, spks, cond = seen.pop("estimator_in")
+    _x, mask, mu, _t, spks, cond = seen.pop("estimator_in")
     seen.update(estimator_mask=mask, estimator_mu=mu, estimator_spks=spks, estimator_cond=cond)
     return mel, {**seen, **taps}
 
 
 @pytest.mark.parametrize("name,streaming,prompt", [
-    ("flow_offline", False, False), ("flow_offline_chunkmask", True, False), ("flow_offline_prompt", False, True)])
+    ("flow_offline", False, False), ("flow_offline_chunkmask", True, False),
+    ("flow_offline_prompt", False, True)])
 def test_flow_offline_cases(model: Token2Wav, name: str, streaming: bool, prompt: bool) -> None:
     golden = case(name)
     mel, seen = _run_flow(model, case("inputs")["speech_token"], prompt, streaming=streaming, finalize=True)
     assert_close(mel, golden["mel"], FLOW_ATOL, f"{name} mel")
     compared = [k for k in seen if k in golden]
-    assert {"estimator_mu", "estimator_cond", "step_x_in", "step_v_cond", "step_v_uncond", "step_t"} <= set(compared)
+    ode_steps = {"step_x_in", "step_v_cond", "step_v_uncond", "step_t"}
+    assert {"estimator_mu", "estimator_cond", *ode_steps} <= set(compared)
     for key in compared:
         assert_close(seen[key], golden[key], FLOW_ATOL, f"{name} {key}")
     if name == "flow_offline":

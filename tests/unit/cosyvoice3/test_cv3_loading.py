@@ -100,7 +100,7 @@ def test_shape_mismatch_is_named(tmp_path: Path) -> None:
 def test_missing_directory_and_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Token2Wav.from_model_dir(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="flow.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"flow\.safetensors"):
         find_model_files(tmp_path)
 
 

@@ -82,7 +82,8 @@ def _fac_server_calls(n_tokens: int, hop: int, look: int, window: int, history: 
 
 
 @pytest.mark.parametrize("n_tokens", [95, 97])
-def test_funaudiochat_window_and_cache_reset(model: Token2Wav, embedding: torch.Tensor, n_tokens: int) -> None:
+def test_funaudiochat_window_and_cache_reset(model: Token2Wav, embedding: torch.Tensor,
+                                            n_tokens: int) -> None:
     """Shrunk window (30) and history (60) exercise the server's token window and HiFT reset."""
     stream = model.new_stream("upstream-fac", embedding=embedding)
     assert isinstance(stream, FunAudioChatStream)
@@ -117,7 +118,8 @@ def test_stream_native(model: Token2Wav, tokens: list[int], embedding: torch.Ten
     # Chunk attention makes the hop calls' new frames equal the chunk-masked offline mel;
     # the final call is full attention over all tokens.
     new_mels = torch.cat([m[:, :, 2 * c["token_offset"]:] for m, c in zip(mels, calls)], dim=2)
-    want = torch.cat([case("flow_offline_chunkmask")["mel"][:, :, :100], case("flow_offline")["mel"][:, :, 100:]], 2)
+    want = torch.cat([case("flow_offline_chunkmask")["mel"][:, :, :100],
+                      case("flow_offline")["mel"][:, :, 100:]], 2)
     assert_close(new_mels, want, FLOW_ATOL, "native mel")
     assert_close(stream.call.cache_mel, want, FLOW_ATOL, "native hift cache mel")
     native = CASES / "stream_native.safetensors"
@@ -132,7 +134,8 @@ def _cached_reference(model: Token2Wav) -> torch.Tensor:
     return model.hift.step(case("flow_offline_chunkmask")["mel"], HiftState(), finalize=True)
 
 
-@pytest.mark.parametrize("groups", [[60], [1] * 60, [27, 1, 2, 23, 7]], ids=["all", "one-by-one", "irregular"])
+@pytest.mark.parametrize("groups", [[60], [1] * 60, [27, 1, 2, 23, 7]],
+                         ids=["all", "one-by-one", "irregular"])
 def test_cached_equals_offline_chunk_masked(model: Token2Wav, tokens: list[int], embedding: torch.Tensor,
                                             groups: list[int]) -> None:
     stream = model.new_stream("cached", embedding=embedding)
@@ -141,7 +144,8 @@ def test_cached_equals_offline_chunk_masked(model: Token2Wav, tokens: list[int],
         pushes.append(tokens[start:start + g])
         start += g
     chunks = _run(stream, pushes)
-    assert_close(np.concatenate(chunks), _cached_reference(model), SPEECH_ATOL, "cached vs chunk-masked offline")
+    assert_close(np.concatenate(chunks), _cached_reference(model), SPEECH_ATOL,
+                 "cached vs chunk-masked offline")
     assert stream.samples_emitted == 57600
 
 
@@ -176,7 +180,8 @@ def test_cached_cost_per_chunk_is_constant(model: Token2Wav, embedding: torch.Te
 
 
 def test_streams_are_independent(model: Token2Wav, tokens: list[int], embedding: torch.Tensor) -> None:
-    alone = [np.concatenate(_run(model.new_stream("cached", embedding=e), [tokens])) for e in (embedding, -embedding)]
+    alone = [np.concatenate(_run(model.new_stream("cached", embedding=e), [tokens]))
+             for e in (embedding, -embedding)]
     a, b = model.new_stream("cached", embedding=embedding), model.new_stream("cached", embedding=-embedding)
     out_a, out_b = [], []
     for i in range(0, 60, 10):
@@ -214,7 +219,8 @@ def test_left_chunk_limit_matches_limited_chunk_mask(tokens: list[int], embeddin
     mel = limited.flow.inference(inp["speech_token"], inp["empty_prompt_token"], inp["empty_prompt_feat"],
                                  embedding, streaming=True, finalize=True)
     assert (mel - case("flow_offline_chunkmask")["mel"]).abs().max() > 1e-3  # chunk 2 lost chunk 0
-    assert_close(mel[:, :, :100], case("flow_offline_chunkmask")["mel"][:, :, :100], FLOW_ATOL, "first two chunks")
+    assert_close(mel[:, :, :100], case("flow_offline_chunkmask")["mel"][:, :, :100], FLOW_ATOL,
+                 "first two chunks")
     stream = limited.new_stream("cached", embedding=embedding)
     audio = np.concatenate(_run(stream, [tokens]))
     want = limited.hift.step(mel, HiftState(), finalize=True)

@@ -36,11 +36,13 @@ def test_cli_s2t_with_history(tmp_path, manifest, capsys) -> None:
     info = manifest["files"]["cases/d3_generate_s2t_turn1.safetensors"]["info"]
     audio = str(FIXTURES / "audio" / "audio_turn1.wav")
     args = ["--model-path", str(MODEL_DIR), "--tokenizer-path", str(TOKENIZER_DIR), "--mode", "s2t",
-            "--max-steps", "12", "--top-k", "1", "--repetition-penalty", "1.0", "--device", "cpu", "--dtype", "float32"]
+            "--max-steps", "12", "--top-k", "1", "--repetition-penalty", "1.0",
+            "--device", "cpu", "--dtype", "float32"]
     generate.main([*args, "--conversation", _conversation(tmp_path, [{"user_audio": audio}])])
     out = json.loads(capsys.readouterr().out)
     assert out["step_text_tokens"] == info["step_text_tokens"]  # greedy S2T == upstream infer_s2t
     assert out["step_speech_tokens"] == [None] * 12
-    turns = [{"user_audio": audio}, {"assistant_text": "Hello!"}, {"user_audio": str(FIXTURES / "audio" / "audio_turn2.wav")}]
+    turns = [{"user_audio": audio}, {"assistant_text": "Hello!"},
+             {"user_audio": str(FIXTURES / "audio" / "audio_turn2.wav")}]
     generate.main([*args, "--conversation", _conversation(tmp_path, turns), "--max-steps", "3"])
     assert len(json.loads(capsys.readouterr().out)["step_text_tokens"]) == 3

@@ -7,17 +7,17 @@ features (the golden values are themselves 2.8e-5 from a float64 DFT), while mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import torch
+from fac_golden import FIXTURES, assert_close, case, wav
 
 from utils.funaudiochat import ConversationState, SamplingParams, UserTurn, stream_turn
 from utils.funaudiochat.frontend import frames_25hz
 from utils.funaudiochat.kv_cache import PrefixKVCache
-
-from fac_golden import FIXTURES, assert_close, case, wav
 
 ENC_TOL, TOL = 1e-5, 1e-4
 
@@ -64,7 +64,8 @@ def test_b_encoders(runtime) -> None:
     assert_close(out, b["continuous_features"], ENC_TOL, "continuous features")
     assert [p.shape[0] for p in trace.pooled] == b["continuous_output_lengths"].tolist()
     assert_close(model.audio_tower(b["discrete_fixed_ids"]), b["discrete_fixed_out"], ENC_TOL, "discrete")
-    assert_close(model.audio_tower(a["speech_ids"]), b["discrete_of_prompt_speech_ids"], ENC_TOL, "discrete pads")
+    assert_close(model.audio_tower(a["speech_ids"]), b["discrete_of_prompt_speech_ids"], ENC_TOL,
+                 "discrete pads")
     rows = model.encode_audio(a["input_features"], [mel_len], [57])
     assert_close(rows[0][None], b["merged_audio_features"], ENC_TOL, "merged")
 
@@ -111,7 +112,7 @@ def test_f_crq_standalone(runtime) -> None:
     f = case("f_crq_standalone")
     head = runtime.model.audio_invert_tower
     cache = PrefixKVCache(len(head.crq_transformer.layers))
-    greedy = lambda logits, _i: logits.argmax(-1)  # noqa: E731
+    greedy = lambda logits, _i: logits.argmax(-1)
     bos = torch.tensor([runtime.config.audio.bos_token_id])
     t1, l1 = head.generate_group(f["inputs_embeds"][:, :2], cache, bos, greedy)
     t2, l2 = head.generate_group(f["inputs_embeds"][:, 2:], cache, t1[:, -1], greedy)

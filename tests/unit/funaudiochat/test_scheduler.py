@@ -44,7 +44,8 @@ def test_batched_equals_alone_with_staggered_joins(runtime, scheduler) -> None:
     specs = _sessions()
     alone = []
     for audio, params, mode, hist in specs:
-        alone.append(list(stream_turn(runtime, _state(runtime, hist, mode), UserTurn(audio=audio), params, mode=mode)))
+        state = _state(runtime, hist, mode)
+        alone.append(list(stream_turn(runtime, state, UserTurn(audio=audio), params, mode=mode)))
 
     handles, got = [], []
     for audio, params, mode, hist in specs:
@@ -60,7 +61,8 @@ def test_batched_equals_alone_with_staggered_joins(runtime, scheduler) -> None:
 
 def test_cancel_ends_stream_and_frees_row(runtime, scheduler) -> None:
     state = ConversationState()
-    handle = scheduler.submit(state, UserTurn(audio=wav("audio_turn1.wav")), SamplingParams(top_k=1, max_steps=50))
+    handle = scheduler.submit(state, UserTurn(audio=wav("audio_turn1.wav")),
+                              SamplingParams(top_k=1, max_steps=50))
     it = iter(handle)
     assert len(list(itertools.islice(it, 3))) == 3
     handle.cancel()
@@ -81,7 +83,8 @@ def test_asyncio_stream_does_not_block_loop(runtime, scheduler) -> None:
                 await asyncio.sleep(0.001)
 
         tick_task = asyncio.create_task(ticker())
-        handle = scheduler.submit(ConversationState(), UserTurn(audio=wav("audio_turn1.wav")), SamplingParams(top_k=1, max_steps=6))
+        handle = scheduler.submit(ConversationState(), UserTurn(audio=wav("audio_turn1.wav")),
+                                  SamplingParams(top_k=1, max_steps=6))
         steps = [s async for s in handle]
         tick_task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -118,9 +121,11 @@ def test_queue_position_while_the_batch_is_full(runtime) -> None:
     sched.start()
     try:
         audio = wav("audio_turn1.wav")[:16000]
-        first = sched.submit(ConversationState(), UserTurn(audio=audio), SamplingParams(max_steps=400, top_k=1))
+        first = sched.submit(ConversationState(), UserTurn(audio=audio),
+                             SamplingParams(max_steps=400, top_k=1))
         next(iter(first))  # admitted: the only slot is taken
-        waiting = [sched.submit(ConversationState(), UserTurn(audio=audio), SamplingParams(max_steps=3, top_k=1))
+        waiting = [sched.submit(ConversationState(), UserTurn(audio=audio),
+                                SamplingParams(max_steps=3, top_k=1))
                    for _ in range(2)]
         assert [sched.queue_position(h) for h in waiting] == [1, 2]
         first.cancel()

@@ -24,7 +24,8 @@ def test_sil_banned_right_after_audio_bos() -> None:
     logits = torch.zeros(1, 151936)
     logits[0, SIL] = 10.0
     seen = torch.zeros(151936, dtype=torch.bool)
-    row = ChoiceRow(SamplingParams(do_sample=False), make_generator(0, torch.device("cpu")), seen, [1, BOS], SIL)
+    gen = make_generator(0, torch.device("cpu"))
+    row = ChoiceRow(SamplingParams(do_sample=False), gen, seen, [1, BOS], SIL)
     assert choose(logits, [row], kind="text").item() != SIL
     row.ban_token = None
     assert choose(logits, [row], kind="text").item() == SIL
@@ -47,13 +48,15 @@ def test_s2s_stream_with_seed_is_reproducible(runtime) -> None:
     for s in first[1:]:
         assert s.speech_tokens is not None and len(s.speech_tokens) == 5
         assert isinstance(s.text_piece, str)
-    other = list(stream_turn(runtime, ConversationState(), UserTurn(audio=audio), SamplingParams(seed=8, max_steps=6)))
+    other = list(stream_turn(runtime, ConversationState(), UserTurn(audio=audio),
+                             SamplingParams(seed=8, max_steps=6)))
     assert [s.speech_tokens for s in other] != [s.speech_tokens for s in first]
 
 
 def test_s2t_stream_has_no_speech(runtime) -> None:
     state = ConversationState()
-    steps = list(stream_turn(runtime, state, UserTurn(audio=wav("audio_turn1.wav")), SamplingParams(max_steps=4, seed=1), mode="s2t"))
+    steps = list(stream_turn(runtime, state, UserTurn(audio=wav("audio_turn1.wav")),
+                             SamplingParams(max_steps=4, seed=1), mode="s2t"))
     assert len(steps) == 4 and all(s.speech_tokens is None for s in steps)
     assert state.messages[0].content == S2T_SYSTEM_PROMPT
     assert state.messages[-1].role == "assistant"
@@ -69,5 +72,6 @@ def test_cancel_between_steps_frees_turn_and_keeps_history(runtime) -> None:
     assert len(state.last_generated_ids) == 3 and state.messages[-1].role == "assistant"
     # the conversation goes on, reusing the cached prefix
     cached = state.cached_tokens()
-    more = list(stream_turn(runtime, state, UserTurn(audio=wav("audio_turn2.wav")), SamplingParams(top_k=1, max_steps=2)))
+    more = list(stream_turn(runtime, state, UserTurn(audio=wav("audio_turn2.wav")),
+                            SamplingParams(top_k=1, max_steps=2)))
     assert len(more) == 2 and state.cached_tokens() > cached

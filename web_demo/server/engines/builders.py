@@ -7,7 +7,13 @@ pays only for the engines it runs.
 from __future__ import annotations
 
 from web_demo.server.config import (
-    AsrConfig, ResponderConfig, S2SConfig, TtsConfig, VocoderConfig, WorkerConfig)
+    AsrConfig,
+    ResponderConfig,
+    S2SConfig,
+    TtsConfig,
+    VocoderConfig,
+    WorkerConfig,
+)
 from web_demo.server.devices import gpu_available
 from web_demo.server.engines.base import AsrEngine, S2SEngine, TtsEngine, Vocoder
 from web_demo.server.engines.responder import EchoResponder, OpenAIChatResponder, Responder

@@ -14,8 +14,16 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from web_demo.server.engines.base import (
-    AsrEngine, AudioDelta, ReplyEvent, ReplyRequest, SynthesisRequest, TextDelta,
-    TranscriptionRequest, TtsEngine, UserTranscript)
+    AsrEngine,
+    AudioDelta,
+    ReplyEvent,
+    ReplyRequest,
+    SynthesisRequest,
+    TextDelta,
+    TranscriptionRequest,
+    TtsEngine,
+    UserTranscript,
+)
 from web_demo.server.engines.responder import ChatTurn, Responder
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly and naturally."

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from web_demo.server.engines.base import (
-    AudioDelta, QueuePosition, ReplyEvent, ReplyRequest, TextDelta, Vocoder, VocoderStream)
+    AudioDelta,
+    QueuePosition,
+    ReplyEvent,
+    ReplyRequest,
+    TextDelta,
+    Vocoder,
+    VocoderStream,
+)
 from web_demo.server.errors import EngineDead, EngineError, ServingError
 
 logger = logging.getLogger(__name__)
@@ -146,9 +153,9 @@ class FunAudioChatConversation:
         reported since (restart, the heard part of a cut reply, a new system prompt)."""
         from utils.funaudiochat import ConversationState
 
-        if self._handle is not None and not self._handle.done.is_set():
-            if not await asyncio.to_thread(self._handle.done.wait, CANCEL_WAIT_S):
-                raise EngineError("the previous turn did not stop in time", retryable=True)
+        if (self._handle is not None and not self._handle.done.is_set()
+                and not await asyncio.to_thread(self._handle.done.wait, CANCEL_WAIT_S)):
+            raise EngineError("the previous turn did not stop in time", retryable=True)
         if self._reset:
             self._state.close()
             self._state = ConversationState(max_user_turns=self._max_user_turns)
