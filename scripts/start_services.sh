@@ -5,7 +5,6 @@
 # Extra arguments are passed to the S2S server. Stop with scripts/stop_services.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 scripts/setup.sh
 mkdir -p run logs
 
@@ -20,7 +19,7 @@ start() {  # name, then the command
         echo "[start] $name already running (pid $(cat "$pidfile"))"
         return
     fi
-    PYTHONPATH="$ROOT" nohup "$@" >"logs/$name.log" 2>&1 &
+    nohup "$@" >"logs/$name.log" 2>&1 &
     echo $! >"$pidfile"
     echo "[start] $name started (pid $!), log: logs/$name.log"
 }

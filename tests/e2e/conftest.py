@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -40,8 +39,7 @@ def start_server(args: list[str], log: Path, ready_timeout_s: float = 120.0) -> 
     out = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "web_demo.server.server", "--host", "127.0.0.1",
-         "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+         "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     server = RunningServer(port, process, log)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:

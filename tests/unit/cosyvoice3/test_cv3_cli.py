@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +20,11 @@ def test_cli_upstream_fac_reproduces_golden_stream(tmp_path: Path) -> None:
     tokens_path.write_text(json.dumps(inputs["speech_token"][0].tolist()))
     np.save(emb_path, inputs["embedding"].numpy())
     out, chunks_path = tmp_path / "out.wav", tmp_path / "chunks.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [sys.executable, "-m", "utils.cosyvoice3.token2wav", "--model-dir", str(MODEL_DIR),
          "--tokens", str(tokens_path), "--speaker-embedding", str(emb_path), "--mode", "upstream-fac",
          "--out", str(out), "--chunks-json", str(chunks_path), "--threads", "2"],
-        check=True, cwd=ROOT, env=env, capture_output=True, timeout=300,
+        check=True, cwd=ROOT, capture_output=True, timeout=300,
     )
     pcm_24k, rate = sf.read(out, dtype="float32")
     assert rate == 24000
