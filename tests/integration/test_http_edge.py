@@ -151,7 +151,8 @@ async def test_metrics_parse_and_move_with_traffic(chat_server) -> None:
     assert after["fac_sessions_active[]"] == 1
     assert after["fac_errors_total[('kind', 'protocol_error')]"] == 1
     assert after["fac_errors_total[('kind', 'not_found')]"] == 1
-    key = "fac_http_request_duration_seconds_count[('method', 'GET'), ('route', '/metrics'), ('status', '200')]"
+    key = ("fac_http_request_duration_seconds_count"
+           "[('method', 'GET'), ('route', '/metrics'), ('status', '200')]")
     assert after[key] == before.get(key, 0) + 1
 
 
