@@ -368,6 +368,10 @@ class ChatSession:
 
     async def _write_loop(self) -> None:
         while True:
+            # get() and send_bytes() both return without suspending when they can, so one
+            # session could encode its whole backlog in one go: yield once per frame so that
+            # every session's next frame gets its turn on the loop.
+            await asyncio.sleep(0)
             item = await self._outbox.get()
             frame = self._render(item)
             if frame and not await self._send(frame):
