@@ -126,7 +126,10 @@ class ChatSession:
         self._reply_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._conversation: S2SConversation | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_s = min(cfg.ping_interval_s, cfg.write_timeout_s) / 4
+        self._last_sent = 0.0  # loop time of the last frame sent
+        self._send_started: float | None = None  # loop time the send in progress began
         self._bad_frames = 0
         self._aborted: str | None = None  # why the connection was cut, if it was
 
@@ -136,6 +139,8 @@ class ChatSession:
         """Serves the connection until the client leaves; always cleans up."""
         self._conversation = self._engine.open_session(self.id, history_turns=self._cfg.history_turns)
         self._emit(Outgoing(frame=protocol.HANDSHAKE_FRAME))
+        self._last_sent = asyncio.get_running_loop().time()
+        self._tick()
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -151,8 +156,8 @@ class ChatSession:
 
     async def _aclose(self) -> None:
         await self._interrupt_reply()
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._conversation is not None:
             await self._conversation.aclose()
         if self._bad_frames > LOGGED_BAD_FRAMES:
@@ -362,9 +367,17 @@ class ChatSession:
     def _send_error(self, message: str) -> None:
         self._emit(Outgoing(frame=protocol.encode_error(message)))
 
-    def _send_ping(self) -> None:
-        if self._outbox.empty():  # anything queued is about to reach the client anyway
+    def _tick(self) -> None:
+        """The session's clock (a few ticks per ping interval, not a timer per frame): a ping
+        after a silence, and the cut of a client whose send has blocked too long."""
+        cfg, now = self._cfg, asyncio.get_running_loop().time()
+        if self._send_started is not None and now - self._send_started >= cfg.write_timeout_s:
+            self._abort(f"client is not reading (a send blocked {cfg.write_timeout_s:g} s)")
+            return
+        # anything queued is about to reach the client anyway
+        if now - self._last_sent >= cfg.ping_interval_s and self._outbox.empty():
             self._emit(Outgoing(frame=protocol.encode_ping()))
+        self._ticker = asyncio.get_running_loop().call_later(self._tick_s, self._tick)
 
     async def _write_loop(self) -> None:
         while True:
@@ -381,21 +394,18 @@ class ChatSession:
                 return
 
     async def _send(self, frame: bytes) -> bool:
-        """Sends one frame; False when the client is gone. A watchdog timer, not a timeout
-        wrapped around the await, aborts a send that blocks, so no cancellation is lost."""
+        """Sends one frame; False when the client is gone. The tick, not a timeout wrapped
+        around the await, aborts a send that blocks, so no cancellation is ever lost."""
         loop = asyncio.get_running_loop()
-        watchdog = loop.call_later(self._cfg.write_timeout_s, self._abort,
-                                   f"client is not reading (a send blocked {self._cfg.write_timeout_s:g} s)")
+        self._send_started = loop.time()
         try:
             await self._ws.send_bytes(frame)
         except (ConnectionError, RuntimeError) as exc:  # client gone mid-send
             logger.info("session %s: send failed, client gone: %s", self.id, exc)
             return False
         finally:
-            watchdog.cancel()
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-        self._ping_timer = loop.call_later(self._cfg.ping_interval_s, self._send_ping)
+            self._send_started = None
+        self._last_sent = loop.time()
         return True
 
     def _render(self, item: Outgoing) -> bytes | None:
