@@ -1,9 +1,10 @@
 """App composition shared by every service: engines in, an aiohttp application out.
 
-`make_app` mounts a route module per engine it is given (today /api/chat for an S2S
-engine), the web demo, /health and /metrics, behind the shared middleware. Engines load
-in the background so /health answers `loading` while they do; one process may hold all
-of a deployment's engines or just one.
+`make_app` mounts a route module per engine it is given (/api/chat and the web demo for an
+S2S engine; /api/transcribe, /v1/audio/transcriptions and /v1/models for an ASR engine),
+/health and /metrics, behind the shared middleware. Engines load in the background so
+/health answers `loading` while they do; one process may hold all of a deployment's
+engines or just one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,19 @@ from typing import Any
 
 from aiohttp import web
 
-from web_demo.server.config import CLIENT_DIR, ChatConfig, HttpConfig
-from web_demo.server.engines.base import S2SEngine
+from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig
+from web_demo.server.engines.asr_models import AsrModels
+from web_demo.server.engines.base import AsrEngine, S2SEngine
 from web_demo.server.lifecycle import Lifecycle, Phase
 from web_demo.server.metrics import CONTENT_TYPE, Metrics
-from web_demo.server.middleware import admit, render_errors, request_log, require_api_key
+from web_demo.server.middleware import (
+    ERROR_EXTRAS,
+    admit,
+    render_errors,
+    request_log,
+    require_api_key,
+)
+from web_demo.server.routes.asr import AsrRoute
 from web_demo.server.routes.chat import ChatRoute
 from web_demo.server.routes.web import WebDemo
 
@@ -30,24 +39,35 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 ENGINES = web.AppKey("engines", dict[str, Any])  # role ("s2s", ...) -> engine
 CHAT = web.AppKey("chat", ChatRoute)
+ASR = web.AppKey("asr", AsrRoute)
 
 _UNHEALTHY = {"loading", "draining", "failed", "dead"}  # /health answers 503 for these
 
 
 def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig | None = None,
+             asr: AsrEngine | None = None, asr_config: AsrServiceConfig | None = None,
              static_dir: Path = CLIENT_DIR) -> web.Application:
-    """Builds the app; does no I/O. Engines start with the app and stop with it."""
+    """Builds the app; does no I/O. Engines start with the app and stop with it.
+
+    `asr` is one engine (served under its name) or an AsrModels of several."""
     lifecycle, metrics = Lifecycle(), Metrics()
     app = web.Application(middlewares=[request_log(metrics), render_errors(metrics),
                                        require_api_key(cfg.api_key), admit(lifecycle)])
     app[LIFECYCLE], app[METRICS] = lifecycle, metrics
-    app[ENGINES] = {role: engine for role, engine in (("s2s", s2s),) if engine is not None}
+    app[ERROR_EXTRAS] = {}
+    asr_models = AsrModels.single(asr) if asr is not None else None
+    app[ENGINES] = {role: engine for role, engine in (("s2s", s2s), ("asr", asr_models))
+                    if engine is not None}
     metrics.watch_workers(lambda: [engine.health() for engine in app[ENGINES].values()])
     app.cleanup_ctx.append(_engines_lifetime)
     app.on_shutdown.insert(0, _stop_admitting)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)
-    WebDemo(static_dir).mount(app)
+    if s2s is not None or asr is None:
+        WebDemo(static_dir).mount(app)
+    if asr_models is not None:
+        app[ASR] = AsrRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(), metrics=metrics)
+        app[ASR].mount(app)
     if s2s is not None:
         app[CHAT] = ChatRoute(engine=s2s, cfg=chat or ChatConfig(), lifecycle=lifecycle, metrics=metrics)
         app[CHAT].mount(app)
@@ -99,7 +119,10 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     lifecycle = app[LIFECYCLE]
     reports = {role: engine.health() for role, engine in app[ENGINES].items()}
-    report: dict[str, Any] = dict(reports.get("s2s", {}))  # the S2S server's flat shape
+    # The flat shape of the S2S server, or of the ASR service ({"status", "model", "device"}).
+    report: dict[str, Any] = dict(reports.get("s2s") or reports.get("asr") or {})
+    if "s2s" in reports and "asr" in reports:
+        report["asr"] = reports["asr"]
     report["status"] = service_status(lifecycle.phase, list(reports.values()))
     if lifecycle.failure:
         report["error"] = lifecycle.failure

@@ -194,6 +194,37 @@ class AsrConfig:
 
 
 @dataclass(frozen=True)
+class AsrServiceConfig:
+    """The ASR service (python -m web_demo.server.asr_server): its model and upload limits."""
+    model_path: Path = flag(Path("pretrained_models/Fun-ASR-Nano-2512"),
+                            "Fun-ASR-Nano directory, or a CTranslate2 Whisper directory; with no "
+                            "weights there the --stand-in model runs", name="--model-path", type=Path)
+    device: str = flag("auto", "device of the ASR workers: auto, cpu, cuda:N, or a comma list "
+                       "(cuda:0,cuda:1: workers on each); cuda without a GPU falls back to cpu, "
+                       "loudly", name="--device")
+    workers: int = flag(1, "worker processes per device (requests go to the least loaded)",
+                        name="--workers")
+    stand_in: str = flag("whisper-tiny.en", "CPU stand-in without Fun-ASR-Nano weights: "
+                         "whisper-tiny.en (English only) or whisper-base (99 languages, zh too)",
+                         name="--stand-in", choices=("whisper-tiny.en", "whisper-base"))
+    max_upload_mb: float = flag(25.0, "largest audio upload in MiB; larger is a 413",
+                                name="--max-upload-mb")
+    max_audio_s: float = flag(600.0, "longest audio in seconds after decoding; longer is a 413",
+                              name="--max-audio-seconds")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if not 0.01 <= self.max_upload_mb <= 2048:
+            raise ValueError(f"--max-upload-mb must be 0.01..2048, got {self.max_upload_mb}")
+        _positive("--max-audio-seconds", self.max_audio_s)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class TtsConfig:
     """The local text-to-speech engine (espeak-ng worker on CPU)."""
     voice: str = flag("en-us", "espeak-ng voice", name="--tts-voice")

@@ -59,6 +59,12 @@ class NotFound(BadRequest):
     kind = "not_found"
 
 
+class ModelNotFound(NotFound):
+    """A model id the service does not serve (OpenAI answers 404 with this code)."""
+
+    kind = "model_not_found"
+
+
 class MethodNotAllowed(BadRequest):
     http_status = 405
     kind = "method_not_allowed"

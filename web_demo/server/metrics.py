@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 HealthSource = Callable[[], Iterable[dict[str, Any]]]  # each engine's health() report
@@ -39,6 +40,10 @@ class Metrics:
                                   ["route", "method", "status"], registry=r)
         self.errors = Counter("fac_errors", "errors answered to clients, by kind", ["kind"],
                               registry=r)
+        self.asr_audio = Counter("fac_asr_audio_seconds", "seconds of audio transcribed, by model",
+                                 ["model"], registry=r)
+        self.asr_rtf = Histogram("fac_asr_real_time_factor", "transcription time / audio duration",
+                                 ["model"], buckets=RTF_BUCKETS, registry=r)
 
     def watch_workers(self, health: HealthSource) -> None:
         self.registry.register(_WorkerCollector(health))

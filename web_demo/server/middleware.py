@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
+# path -> fields a route's error bodies carry beside "error" (e.g. /api/transcribe's success)
+ERROR_EXTRAS = web.AppKey("error_extras", dict[str, dict[str, Any]])
 PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # and the demo page's /static/ files
 QUIET_PATHS = ("/health", "/metrics")  # probes and scrapers: logged at DEBUG only
 
@@ -39,14 +42,14 @@ def route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def error_response(error: ServingError) -> web.Response:
+def error_response(error: ServingError, extra: dict[str, Any] | None = None) -> web.Response:
     headers = {}
     if isinstance(error, EngineBusy):
         headers[hdrs.RETRY_AFTER] = str(error.retry_after_s)
     if isinstance(error, Unauthorized):
         headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
     body = error_body(str(error), kind=error.kind, status=error.http_status, param=error.param)
-    return web.json_response(body, status=error.http_status, headers=headers)
+    return web.json_response({**body, **(extra or {})}, status=error.http_status, headers=headers)
 
 
 def request_log(metrics: Metrics) -> Middleware:
@@ -88,7 +91,7 @@ def render_errors(metrics: Metrics) -> Middleware:
             logger.exception("request id=%s path=%s crashed", request.get(REQUEST_ID), request.path[:200])
             error = ServingError("internal server error")
         metrics.errors.labels(error.kind).inc()
-        return error_response(error)
+        return error_response(error, request.app.get(ERROR_EXTRAS, {}).get(request.path))
     return middleware
 
 
