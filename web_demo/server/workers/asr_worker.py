@@ -21,6 +21,10 @@ from web_demo.server.errors import BadRequest
 from web_demo.server.workers.handler import unknown_request
 from web_demo.server.workers.whisper_models import resolve_model_dir, stand_in_dir
 
+# Temperature 0 means what it means to OpenAI: greedy first, then hotter retries when a window
+# decodes into a repetition loop or low confidence (e.g. English audio forced to zh).
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
 
 def default_whisper_dir() -> str:
     return stand_in_dir("whisper-tiny.en")
@@ -76,7 +80,7 @@ class FasterWhisperHandler:
                              param="language")
         segments, info = self._model.transcribe(
             pcm_16k, language=request.language, beam_size=self._beam_size,
-            temperature=request.temperature, initial_prompt=request.prompt,
+            temperature=request.temperature or FALLBACK_TEMPERATURES, initial_prompt=request.prompt,
             hotwords=" ".join(request.hotwords) or None,
             word_timestamps=request.word_timestamps, condition_on_previous_text=False)
         raw = list(segments)  # decoding happens while iterating
