@@ -316,6 +316,7 @@ class FakeAsr:
     """In-process AsrEngine that 'hears' a fixed sentence."""
     name: str = "fake-asr"
     text: str = "Tell me a story. Make it long. Please go on."
+    requests: list[TranscriptionRequest] = field(default_factory=list)  # as received
 
     async def start(self) -> None:
         return None
@@ -324,6 +325,7 @@ class FakeAsr:
         return None
 
     async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        self.requests.append(request)
         duration_s = len(request.pcm_16k) / 16000
         return Transcription(self.text, "en", duration_s,
                              segments=(Segment(0.0, duration_s, self.text),))
