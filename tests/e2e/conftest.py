@@ -33,12 +33,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: list[str], log: Path, ready_timeout_s: float = 120.0) -> RunningServer:
-    """Starts `python -m web_demo.server.server` and waits until /health answers."""
+def start_server(args: list[str], log: Path, ready_timeout_s: float = 120.0,
+                 module: str = "web_demo.server.server") -> RunningServer:
+    """Starts `python -m MODULE` (the S2S server by default) and waits until /health answers."""
     port = free_port()
     out = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "web_demo.server.server", "--host", "127.0.0.1",
+        [sys.executable, "-m", module, "--host", "127.0.0.1",
          "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     server = RunningServer(port, process, log)
     deadline = time.monotonic() + ready_timeout_s
