@@ -11,11 +11,20 @@ import pytest
 
 from tests.fakes import FakeEngine
 from tests.helpers import tone_pages
+from web_demo.chat_client import ChatClient
 from web_demo.server.errors import EngineDead
 from web_demo.server.protocol import Control
 
 PAGES = tone_pages(0.6)
 GOOD_PAGE = PAGES[3]
+
+async def frames_until_close(chat: ChatClient) -> list[bytes]:
+    """Every binary frame the server sends until it closes the socket."""
+    frames = []
+    while (msg := await chat.ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY:
+        frames.append(msg.data)
+    return frames
+
 
 HOSTILE_FRAMES: list[bytes | str] = [
     b"\x01OggS" + os.urandom(200),  # garbage after the capture pattern (sphn ValueError)
@@ -136,9 +145,7 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     chat = await connect()
     monkeypatch.setattr(OpusStreamEncoder, "encode", broken)
     await chat.turn(PAGES)
-    frames = []
-    while (msg := await chat.ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY:
-        frames.append(msg.data)
+    frames = await frames_until_close(chat)
     assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
     assert any(f[0] == 0x05 and b"internal server error" in f for f in frames)
     monkeypatch.undo()
@@ -151,9 +158,7 @@ async def test_dead_engine_closes_the_socket_with_1011(chat_server) -> None:
     _, connect = await chat_server(FakeEngine(fail_with=EngineDead("model thread crashed")))
     chat = await connect()
     await chat.turn(PAGES)
-    frames = []
-    while (msg := await chat.ws.receive(timeout=5)).type is aiohttp.WSMsgType.BINARY:
-        frames.append(msg.data)
+    frames = await frames_until_close(chat)
     assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
     assert any(f[0] == 0x05 and b"model thread crashed" in f for f in frames)
 

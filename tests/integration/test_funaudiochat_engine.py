@@ -62,10 +62,6 @@ def tiny_engine(speaker_npy: Path, max_steps: int) -> FunAudioChatEngine:
         device="cpu", vocoder=vocoder, sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
 
 
-def live_conversations(engine: FunAudioChatEngine) -> list:
-    return list(engine.conversations.values())
-
-
 async def test_turns_stream_tokens_through_the_vocoder_and_keep_history(chat_server, speaker_npy) -> None:
     engine = tiny_engine(speaker_npy, max_steps=12)
     client, connect = await chat_server(engine)
@@ -83,7 +79,7 @@ async def test_turns_stream_tokens_through_the_vocoder_and_keep_history(chat_ser
     await chat.turn(tone_pages(1.0))
     second = await chat.receive_reply(timeout=120)
     assert second.errors == [] and second.final is not None
-    (conversation,) = live_conversations(engine)
+    (conversation,) = engine.conversations.values()
     roles = [role for role, _ in conversation._state.history]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
 
@@ -96,7 +92,7 @@ async def test_barge_in_cancels_generation_and_history_keeps_what_was_sent(chat_
     started = await chat.receive_until_audio()  # the reply is streaming
     await chat.control(Control.START)
     await chat.send_pages(tone_pages(0.5, freq=700))
-    (conversation,) = live_conversations(engine)
+    (conversation,) = engine.conversations.values()
     await wait_until(conversation._handle.done.is_set, timeout=2)  # the scheduler's next step
     assert engine.scheduler.num_active == 0
     in_flight = await chat.receive_for(0.2)  # sent before the server read `start`
@@ -119,5 +115,5 @@ async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> 
         await chat.turn(tone_pages(0.5 + 0.3 * i, freq=300 + 100 * i))
     replies = await asyncio.gather(*(c.receive_reply(timeout=120) for c in chats))
     assert all(r.errors == [] and len(r.audio_pages) > 0 for r in replies)
-    assert len(live_conversations(engine)) == 3
+    assert len(engine.conversations) == 3
     assert len(engine.vocoder.codes_per_stream) == 3  # one vocoder stream per reply

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig
 from web_demo.server.engines.asr_models import AsrModels
 from web_demo.server.engines.base import AsrEngine, S2SEngine
-from web_demo.server.lifecycle import Lifecycle, Phase
+from web_demo.server.lifecycle import Lifecycle, Phase, serve
 from web_demo.server.metrics import CONTENT_TYPE, Metrics
 from web_demo.server.middleware import (
     ERROR_EXTRAS,
@@ -134,3 +136,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics_page(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def run_service(app: web.Application, sock: socket.socket, cfg: HttpConfig) -> NoReturn:
+    """Every entrypoint's last step: serve until SIGTERM/SIGINT, exit with serve()'s code."""
+    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=cfg.drain_timeout_s)))

@@ -10,13 +10,12 @@ Without Fun-ASR-Nano weights at --model-path it serves a faster-whisper CPU stan
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from web_demo.server.app import LIFECYCLE, make_app
+from web_demo.server.app import make_app, run_service
 from web_demo.server.config import (
     AsrServiceConfig,
     HelpFormatter,
@@ -26,7 +25,7 @@ from web_demo.server.config import (
     from_args,
 )
 from web_demo.server.engines.builders import build_asr_service_engine, describe_asr_choice
-from web_demo.server.lifecycle import bind, serve
+from web_demo.server.lifecycle import bind
 from web_demo.server.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -67,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = make_app(cfg.http, asr=engine, asr_config=cfg.asr)
     logger.info("listening on http://%s:%d (POST /api/transcribe, POST /v1/audio/transcriptions)",
                 cfg.http.host, cfg.http.port)
-    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE],
-                               drain_timeout_s=cfg.http.drain_timeout_s)))
+    run_service(app, sock, cfg.http)
 
 
 if __name__ == "__main__":

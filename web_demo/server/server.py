@@ -7,13 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from web_demo.server.app import LIFECYCLE, make_app
+from web_demo.server.app import make_app, run_service
 from web_demo.server.config import (
     AsrConfig,
     ChatConfig,
@@ -28,7 +26,7 @@ from web_demo.server.config import (
     from_args,
 )
 from web_demo.server.engines.builders import build_s2s_engine, describe_s2s_choice
-from web_demo.server.lifecycle import bind, serve
+from web_demo.server.lifecycle import bind
 from web_demo.server.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -76,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               responder=cfg.responder, workers=cfg.workers)
     app = make_app(cfg.http, s2s=engine, chat=cfg.chat)
     logger.info("listening on http://%s:%d (WebSocket /api/chat)", cfg.http.host, cfg.http.port)
-    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE],
-                               drain_timeout_s=cfg.http.drain_timeout_s)))
+    run_service(app, sock, cfg.http)
 
 
 if __name__ == "__main__":
