@@ -31,7 +31,7 @@ from web_demo.server.middleware import (
     request_log,
     require_api_key,
 )
-from web_demo.server.routes.asr import AsrRoute
+from web_demo.server.routes.asr import STREAM_ASR_HEALTH_PATH, AsrRoute
 from web_demo.server.routes.chat import ChatRoute
 from web_demo.server.routes.web import WebDemo
 
@@ -70,6 +70,7 @@ def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig 
     if asr_models is not None:
         app[ASR] = AsrRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(), metrics=metrics)
         app[ASR].mount(app)
+        app.router.add_get(STREAM_ASR_HEALTH_PATH, health)  # the vLLM ASR plan's health URL
     if s2s is not None:
         app[CHAT] = ChatRoute(engine=s2s, cfg=chat or ChatConfig(), lifecycle=lifecycle, metrics=metrics)
         app[CHAT].mount(app)

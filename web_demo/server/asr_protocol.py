@@ -8,6 +8,11 @@ Two front doors share one engine call:
   `temperature`, `timestamp_granularities[]`, `stream` and the extension `hotwords`.
   text, srt and vtt are plain-text bodies; stream=true is server-sent events
   `transcript.text.delta` ... `transcript.text.done` whatever the response_format.
+- `POST /stream/v1/asr?model_id=...`, the vLLM ASR plan's (seed 000), shaped like the
+  one-sentence REST recognition API it comes from: the audio is the raw body
+  (`--data-binary @test.wav`), options are query parameters (`model_id`, `format` = pcm for
+  headerless 16-bit PCM at `sample_rate`, `language`, `hotwords`) -> `{"task_id", "result",
+  "status": 20000000, "message": "SUCCESS", "model_id", "language"}`.
 """
 
 from __future__ import annotations
@@ -126,6 +131,44 @@ def _boolean(value: str | None, name: str) -> bool:
     if lowered in ("false", "0", "no", ""):
         return False
     raise BadRequest(f"{name} must be true or false, got {value[:40]!r}", param=name)
+
+
+@dataclass(frozen=True)
+class StreamAsrQuery:
+    """/stream/v1/asr's query parameters."""
+    model_id: str | None
+    raw_pcm_rate: int | None  # format=pcm: the body is 16-bit little-endian mono at this rate
+    language: Language
+    hotwords: tuple[str, ...]
+
+
+STREAM_ASR_FORMATS = ("pcm", "wav", "mp3", "flac", "ogg", "opus", "webm", "m4a", "aac")
+RAW_PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+STREAM_ASR_SUCCESS = 20000000  # the status code of the REST API this endpoint follows
+
+
+def parse_stream_asr_query(query: Mapping[str, str]) -> StreamAsrQuery:
+    fmt = (query.get("format") or "").strip().lower()
+    if fmt and fmt not in STREAM_ASR_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(STREAM_ASR_FORMATS)}, got {fmt[:40]!r}",
+                         param="format")
+    rate_text = (query.get("sample_rate") or "16000").strip()
+    rate = int(rate_text) if rate_text.isdigit() else 0
+    if fmt == "pcm" and rate not in RAW_PCM_RATES:
+        raise BadRequest(f"sample_rate for format=pcm must be one of "
+                         f"{', '.join(map(str, RAW_PCM_RATES))}, got {rate_text[:20]!r}",
+                         param="sample_rate")
+    return StreamAsrQuery(
+        model_id=(query.get("model_id") or "").strip() or None,
+        raw_pcm_rate=rate if fmt == "pcm" else None,
+        language=parse_language(query.get("language")),
+        hotwords=parse_hotwords(query.get("hotwords")))
+
+
+def stream_asr_body(t: Transcription, *, task_id: str, model_id: str,
+                    language: Language) -> dict[str, Any]:
+    return {"task_id": task_id, "result": t.text, "status": STREAM_ASR_SUCCESS, "message": "SUCCESS",
+            "model_id": model_id, "language": language.answer(t.language)}
 
 
 # ---- responses --------------------------------------------------------------------------

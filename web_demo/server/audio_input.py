@@ -93,6 +93,25 @@ def decode_upload(data: bytes, *, limits: AudioLimits = AudioLimits(), param: st
                         container=container)
 
 
+def decode_raw_pcm16(data: bytes, rate: int, *, limits: AudioLimits = AudioLimits(),
+                     param: str = "body") -> DecodedAudio:
+    """Headerless 16-bit little-endian mono PCM at `rate` -> 16 kHz mono float32."""
+    if not data:
+        raise BadRequest("the audio is empty", param=param)
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"the audio is {len(data)} bytes; the limit is {limits.max_bytes}",
+                              param=param)
+    if len(data) % 2:
+        raise BadRequest("16-bit PCM has an even number of bytes", param=param)
+    _check_rate(rate, param)
+    seconds = len(data) / 2 / rate
+    if seconds > limits.max_seconds:
+        raise _too_long(seconds, limits, param)
+    pcm = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return DecodedAudio(pcm_16k=resample(pcm, rate, MODEL_SAMPLE_RATE), source_rate=rate,
+                        container="pcm")
+
+
 class _Undecodable(Exception):
     """libsndfile could not read the file; PyAV may."""
 

@@ -28,8 +28,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
 # path -> fields a route's error bodies carry beside "error" (e.g. /api/transcribe's success)
 ERROR_EXTRAS = web.AppKey("error_extras", dict[str, dict[str, Any]])
-PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # and the demo page's /static/ files
-QUIET_PATHS = ("/health", "/metrics")  # probes and scrapers: logged at DEBUG only
+PUBLIC_PATHS = ("/health", "/stream/v1/asr/health", "/", "/favicon.ico")  # and /static/ files
+QUIET_PATHS = ("/health", "/stream/v1/asr/health", "/metrics")  # probes and scrapers: logged at DEBUG only
 
 
 def is_public(path: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web_demo.server.engines.base import AsrEngine, Transcription, TranscriptionRequest
-from web_demo.server.errors import ModelNotFound
+from web_demo.server.errors import BadRequest, ModelNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,12 @@ GENERIC_ALIASES = ("whisper-1",)  # what OpenAI clients send by default: the def
 class ServedModel:
     id: str
     engine: AsrEngine
+    languages: tuple[str, ...] = ()  # ISO codes the registry declares; empty: the engine decides
+
+    def check_language(self, code: str | None, asked: str) -> None:
+        if code is not None and self.languages and code not in self.languages:
+            raise BadRequest(f"model {self.id} transcribes {', '.join(self.languages)}, not "
+                             f"{asked[:40]!r}", param="language")
 
 
 class AsrModels:
@@ -32,10 +38,12 @@ class AsrModels:
 
     name = "asr"
 
-    def __init__(self, models: Mapping[str, AsrEngine], *, default: str | None = None) -> None:
+    def __init__(self, models: Mapping[str, AsrEngine], *, default: str | None = None,
+                 languages: Mapping[str, tuple[str, ...]] | None = None) -> None:
         if not models:
             raise ValueError("an ASR service needs at least one model")
         self._models = dict(models)
+        self._languages = dict(languages or {})
         self.default = default or next(iter(self._models))
         if self.default not in self._models:
             raise ValueError(f"default model {self.default!r} is not among {list(self._models)}")
@@ -55,7 +63,7 @@ class AsrModels:
         if engine is None:
             raise ModelNotFound(f"model {str(model)[:80]!r} is not served here; models: "
                                 f"{', '.join(self.ids + list(GENERIC_ALIASES))}", param=param)
-        return ServedModel(model_id, engine)
+        return ServedModel(model_id, engine, self._languages.get(model_id, ()))
 
     async def start(self) -> None:
         outcomes = await asyncio.gather(*(e.start() for e in self._models.values()),

@@ -1,9 +1,10 @@
-"""The ASR service's routes: /api/transcribe, /v1/audio/transcriptions, /v1/models.
+"""The ASR service's routes: /api/transcribe, /v1/audio/transcriptions, /stream/v1/asr, /v1/models.
 
-The data path of a request: multipart body -> fields and the file's bytes, in memory, under
-the upload limit (`read_form`) -> 16 kHz PCM (audio_input, in a thread) -> the model's
-engine -> a body (asr_protocol). Every failure raises a ServingError, which the shared
-middleware renders as the one JSON error body (plus "success": false on /api/transcribe).
+The data path of a request: multipart body -> fields and the file's bytes (or the raw body of
+/stream/v1/asr), in memory, under the upload limit (`read_form`, `read_body`) -> 16 kHz PCM
+(audio_input, in a thread) -> the model's engine -> a body (asr_protocol). Every failure
+raises a ServingError, which the shared middleware renders as the one JSON error body
+(plus "success": false on /api/transcribe).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp import BodyPartReader, web
 
 from utils.audio import MODEL_SAMPLE_RATE
 from web_demo.server import asr_protocol as wire
-from web_demo.server.audio_input import AudioLimits, DecodedAudio, decode_upload
+from web_demo.server.audio_input import AudioLimits, DecodedAudio, decode_raw_pcm16, decode_upload
 from web_demo.server.config import AsrServiceConfig
 from web_demo.server.engines.asr_models import AsrModels, ServedModel
 from web_demo.server.engines.base import Transcription, TranscriptionRequest
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 PLAN_PATH = "/api/transcribe"
 OPENAI_PATH = "/v1/audio/transcriptions"
+STREAM_ASR_PATH = "/stream/v1/asr"  # the vLLM ASR plan's (seed 000) raw-body endpoint
+STREAM_ASR_HEALTH_PATH = "/stream/v1/asr/health"
 MAX_FIELD_BYTES = 64 * 1024  # one text field (prompt, hotwords, ...)
 MAX_FORM_OVERHEAD = 1024 * 1024  # everything in a form beside the audio file
 MAX_PARTS = 32
@@ -88,6 +91,19 @@ async def read_form(request: web.Request, *, file_field: str, max_file_bytes: in
     return form
 
 
+async def read_body(request: web.Request, *, max_bytes: int) -> bytes:
+    """A raw request body of at most max_bytes (refused before reading when it says it is larger)."""
+    too_large = PayloadTooLarge(f"the audio may have at most {max_bytes} bytes", param="body")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    buf = bytearray()
+    while chunk := await request.content.read(256 * 1024):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise too_large
+    return bytes(buf)
+
+
 async def _read_capped(part: BodyPartReader, cap: int, error: BadRequest) -> bytes:
     buf = bytearray()
     while chunk := await part.read_chunk(256 * 1024):
@@ -109,6 +125,7 @@ class AsrRoute:
     def mount(self, app: web.Application) -> None:
         app.router.add_post(PLAN_PATH, self.plan_transcribe)
         app.router.add_post(OPENAI_PATH, self.openai_transcribe)
+        app.router.add_post(STREAM_ASR_PATH, self.stream_asr)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model}", self.get_model)
         app[ERROR_EXTRAS][PLAN_PATH] = {"success": False}  # the plan's error shape
@@ -145,6 +162,21 @@ class AsrRoute:
                 t, temperature=fields.temperature, words=fields.word_timestamps))
         return _json_response(wire.json_body(t))
 
+    async def stream_asr(self, request: web.Request) -> web.Response:
+        query = wire.parse_stream_asr_query(request.query)
+        served = self.models.resolve(query.model_id, param="model_id")
+        data = await read_body(request, max_bytes=self.limits.max_bytes)
+        if query.raw_pcm_rate is not None:
+            audio = await asyncio.to_thread(decode_raw_pcm16, data, query.raw_pcm_rate,
+                                            limits=self.limits, param="body")
+        else:
+            audio = await self._decode(data, "body")
+        t = await self._transcribe(served, TranscriptionRequest(
+            pcm_16k=audio.pcm_16k, language=query.language.code, hotwords=query.hotwords),
+            query.language)
+        return _json_response(wire.stream_asr_body(t, task_id=request[REQUEST_ID], model_id=served.id,
+                                                   language=query.language))
+
     async def list_models(self, request: web.Request) -> web.Response:
         return _json_response(wire.models_body(self.models.ids, created=self._created))
 
@@ -159,6 +191,7 @@ class AsrRoute:
 
     async def _transcribe(self, served: ServedModel, request: TranscriptionRequest,
                           language: Language) -> Transcription:
+        served.check_language(request.language, language.asked)
         started = time.perf_counter()
         try:
             t = await served.engine.transcribe(request)
