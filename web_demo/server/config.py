@@ -204,6 +204,12 @@ class AsrServiceConfig:
                        "loudly", name="--device")
     workers: int = flag(1, "worker processes per device (requests go to the least loaded)",
                         name="--workers")
+    models: Path | None = flag(None, "models.json registry of the models to serve (local workers "
+                               "and remote vLLM engines, with fallbacks; see models.example.json); "
+                               "with it, --model-path is not used", name="--models", type=Path)
+    default_model: str | None = flag(None, "the --models entry that answers /api/transcribe and "
+                                     "whisper-1 (default: the entry marked default, else the first)",
+                                     name="--default-model")
     stand_in: str = flag("whisper-tiny.en", "CPU stand-in without Fun-ASR-Nano weights: "
                          "whisper-tiny.en (English only) or whisper-base (99 languages, zh too)",
                          name="--stand-in", choices=("whisper-tiny.en", "whisper-base"))
@@ -215,6 +221,8 @@ class AsrServiceConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.default_model is not None and self.models is None:
+            raise ValueError("--default-model names an entry of --models; pass --models too")
         if not 0.01 <= self.max_upload_mb <= 2048:
             raise ValueError(f"--max-upload-mb must be 0.01..2048, got {self.max_upload_mb}")
         _positive("--max-audio-seconds", self.max_audio_s)
