@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import numpy as np
 
-from tests.fakes import FakeAsr
+from tests.fakes import FakeAsr, wait_until
 from tests.helpers import speech_file
 from web_demo.server.app import LIFECYCLE, make_app
 from web_demo.server.config import AsrServiceConfig, HttpConfig
 from web_demo.server.engines.asr_models import AsrModels
+from web_demo.server.lifecycle import bind, serve
 
 KEY = "stream-asr-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -101,3 +103,35 @@ async def test_a_body_larger_than_it_says_is_cut_off(aiohttp_client) -> None:
     response = await client.post("/stream/v1/asr?format=pcm", data=chunks())
     assert response.status == 413 and not nano.requests
     assert (await response.json())["error"]["param"] == "body"
+
+
+
+async def test_a_client_that_hangs_up_cancels_its_transcription() -> None:
+    """Through serve(), the production runner: the engine call of a request whose client went
+    away is cancelled, not finished for nobody (aiohttp's default is to finish it)."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    class SlowAsr(FakeAsr):
+        async def transcribe(self, request: Any) -> Any:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    app = make_app(HttpConfig(), asr=SlowAsr(name="slow"))
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = asyncio.create_task(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=1))
+    try:
+        await asyncio.wait_for(app[LIFECYCLE].started.wait(), 10)
+        async with aiohttp.ClientSession() as session:
+            post = asyncio.create_task(session.post(f"http://127.0.0.1:{port}/stream/v1/asr", data=FOX))
+            await asyncio.wait_for(started.wait(), 5)
+            post.cancel()  # the client hangs up mid-request
+            await asyncio.wait_for(cancelled.wait(), 5)
+        await wait_until(lambda: app[LIFECYCLE].busy == 0)
+    finally:
+        app[LIFECYCLE].stop_requested.set()
+        assert await asyncio.wait_for(server, 10) == 0

@@ -110,7 +110,11 @@ def bind(host: str, port: int) -> socket.socket:
 async def serve(app: web.Application, sock: socket.socket, *, lifecycle: Lifecycle,
                 drain_timeout_s: float) -> int:
     """Runs the app on a bound socket until a signal; returns the process exit code."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    # handler_cancellation: a client that hangs up cancels its handler, so the engine work it
+    # waits on (a queued worker request, remaining long-audio chunks) is dropped, not finished
+    # for nobody. aiohttp's TestServer does the same, so in-process tests see this behaviour.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0,
+                           handler_cancellation=True)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     loop = asyncio.get_running_loop()
