@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -33,8 +35,12 @@ from web_demo.server.languages import english_name, parse_language
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0  # a host that drops SYNs must not hold a request for the whole timeout
-PROBE_TIMEOUT_S = 2.0  # /health and /v1/models answer at once on a live server
+PROBE_TIMEOUT_S = 2.0
+KEEPALIVE_S = 4.0  # /health and /v1/models answer at once on a live server
 _CLIENT_ERRORS = {400, 413, 422}  # the input's fault; everything else non-200 is the remote's
+# Failures of a connection that was open before the request (ClientConnectorError, a new
+# connection failing, is a ClientOSError too but is caught before these).
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class RemoteUnavailable(ServingError):
@@ -98,7 +104,9 @@ class _RemoteEngine:
 
     async def start(self) -> None:
         """Opens the session and probes once; a remote that is down leaves the engine degraded."""
-        self._http = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        # vLLM's uvicorn drops idle connections after 5 s: let ours go first.
+        connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+        self._http = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
         if not await self.probe():
             logger.warning("remote ASR %s (%s at %s) is down at start: %s; serving degraded until "
                            "it answers", self.name, self.model, self.base_url, self.last_error)
@@ -133,10 +141,10 @@ class _RemoteEngine:
         if self.model not in ids:  # a wrong --served-model-name would fail every request
             raise RemoteUnavailable(f"{self.name}: the server serves {ids[:10]}, not {self.model!r}")
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, **send: Any) -> Any:
         """One request -> its decoded JSON answer, or the classified error; tracks up/down."""
         try:
-            status, body = await self._send(method, path, **kwargs)
+            status, body = await self._send(method, path, **send)
             answer = self._decode(status, body, path)
         except RemoteUnavailable as exc:
             self._mark_down(exc)
@@ -147,18 +155,43 @@ class _RemoteEngine:
         self._mark_up()
         return answer
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+    async def _send(self, method: str, path: str, *, form: Callable[[], aiohttp.FormData] | None = None,
+                    json: dict[str, Any] | None = None,
+                    timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, bytes]:
+        """One HTTP exchange -> (status, body); transport failures -> RemoteUnavailable kinds.
+
+        A pooled keep-alive connection the server has just closed (it restarted, or its idle
+        timeout won the race) fails before any answer: such a request is sent once more, on a
+        fresh connection. Transcription has no side effects, so this is safe. `form` builds the
+        multipart body per attempt (aiohttp consumes a FormData when it sends it)."""
         if self._http is None:
             raise RuntimeError(f"remote ASR {self.name}: start() first")
         url = self.base_url + path
+        exchange = functools.partial(self._exchange, self._http, method, url, form=form, json=json,
+                                     timeout=timeout or self._timeout)
         try:
-            async with self._http.request(method, url, **kwargs) as response:
+            return await exchange()
+        except _STALE_CONNECTION:
+            logger.debug("remote ASR %s: %s dropped a pooled connection; sending again", self.name, url)
+        try:
+            return await exchange()
+        except _STALE_CONNECTION as exc:
+            raise RemoteUnavailable(f"{self.name}: {url} dropped the connection: {exc!r}") from exc
+
+    async def _exchange(self, http: aiohttp.ClientSession, method: str, url: str, *,
+                        form: Callable[[], aiohttp.FormData] | None, json: dict[str, Any] | None,
+                        timeout: aiohttp.ClientTimeout) -> tuple[int, bytes]:
+        try:
+            async with http.request(method, url, data=form() if form else None, json=json,
+                                    timeout=timeout) as response:
                 return response.status, await response.read()
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
             raise RemoteDown(f"{self.name}: cannot connect to {url}: {exc}") from exc
         except TimeoutError as exc:  # also aiohttp's read timeouts
             raise RemoteTimeout(f"{self.name}: {url} did not answer in time") from exc
-        except aiohttp.ClientError as exc:  # disconnects, broken bodies
+        except _STALE_CONNECTION:
+            raise
+        except aiohttp.ClientError as exc:  # a broken answer
             raise RemoteUnavailable(f"{self.name}: {url} failed: {exc!r}") from exc
 
     def _decode(self, status: int, body: bytes, path: str) -> Any:
@@ -239,7 +272,7 @@ class OpenAITranscriptionsEngine(_RemoteEngine):
         if self._verbose:
             try:
                 answer = await self._call("POST", "/v1/audio/transcriptions",
-                                          data=self._form(request, wav, verbose=True))
+                                          form=lambda: self._form(request, wav, verbose=True))
                 return self._parse(answer, request)
             except BadRequest as exc:
                 if not _rejects_verbose(exc):
@@ -248,7 +281,7 @@ class OpenAITranscriptionsEngine(_RemoteEngine):
                             self.name, exc)
                 self._verbose = False
         answer = await self._call("POST", "/v1/audio/transcriptions",
-                                  data=self._form(request, wav, verbose=False))
+                                  form=lambda: self._form(request, wav, verbose=False))
         return self._parse(answer, request)
 
     def _form(self, request: TranscriptionRequest, wav: bytes, *, verbose: bool) -> aiohttp.FormData:
