@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,10 @@ from aiohttp import web
 
 from tests.fakes import FAST, FakeAsr, wait_until
 from tests.helpers import tone_pages
+from web_demo.server.app import LIFECYCLE, make_app
+from web_demo.server.config import AsrConfig, HttpConfig
 from web_demo.server.engines.base import PcmChunk, ReplyRequest, SynthesisRequest
+from web_demo.server.engines.builders import build_asr_engine
 from web_demo.server.engines.cascade import CascadeEngine, sentences
 from web_demo.server.engines.local import WorkerTtsEngine
 from web_demo.server.engines.responder import ChatTurn, EchoResponder, OpenAIChatResponder
@@ -23,6 +27,15 @@ PAGES = tone_pages(0.5)
 
 class ToneTts:
     name, sample_rate = "tone", 24000
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        return {"model": "tone", "device": "cpu"}
 
     async def synthesize(self, request: SynthesisRequest):
         yield PcmChunk(np.zeros(2400, np.float32), 24000)
@@ -130,3 +143,22 @@ async def test_openai_responder_http_error_is_engine_error(aiohttp_server) -> No
         assert info.value.retryable
     finally:
         await responder.aclose()
+
+
+async def test_asr_url_puts_the_cascade_in_front_of_a_remote_asr_service(aiohttp_server, chat_server) -> None:
+    """--asr-url: the cascade's ears are our own ASR service over HTTP (any OpenAI-compatible
+    transcription server would do); what it heard is the turn's transcript and history."""
+    heard_remotely = FakeAsr(text="What is the weather like?")
+    asr_app = make_app(HttpConfig(api_key="asr-key"), asr=heard_remotely)
+    asr_server = await aiohttp_server(asr_app)
+    await asyncio.wait_for(asr_app[LIFECYCLE].started.wait(), 10)
+    asr = build_asr_engine(AsrConfig(url=str(asr_server.make_url("")), api_key="asr-key",
+                                     language="en"), FAST)
+    engine = CascadeEngine(asr=asr, responder=EchoResponder(), tts=ToneTts(), language="en")
+    _, connect = await chat_server(engine)
+    chat = await connect("?extras=1")
+    await chat.turn(PAGES)
+    reply = await chat.receive_reply()
+    assert reply.errors == [] and reply.transcripts == ["What is the weather like?"]
+    (request,) = heard_remotely.requests  # the turn's audio crossed as a WAV, 16 kHz
+    assert request.language == "en" and abs(len(request.pcm_16k) / 16000 - 0.5) < 0.1

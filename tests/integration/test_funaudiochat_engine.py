@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.fakes import FAST, wait_until
+from tests.fakes import FAST, FakeAsr, wait_until
 from tests.helpers import speech_24k, tone_pages
 from utils.funaudiochat import SamplingParams
 from utils.opus import encode_browser_pages
+from web_demo.server.engines.base import Transcription, TranscriptionRequest
 from web_demo.server.engines.funaudiochat import FunAudioChatEngine
 from web_demo.server.engines.local import WorkerVocoder
+from web_demo.server.errors import EngineError
 from web_demo.server.protocol import Control
 
 pytestmark = pytest.mark.slow
@@ -117,3 +119,26 @@ async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> 
     assert all(r.errors == [] and len(r.audio_pages) > 0 for r in replies)
     assert len(engine.conversations) == 3
     assert len(engine.vocoder.codes_per_stream) == 3  # one vocoder stream per reply
+
+
+class FailingAsr(FakeAsr):
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        raise EngineError("the ASR worker is gone")
+
+
+async def test_user_transcripts_come_from_the_asr_layer_and_never_cost_the_reply(
+        chat_server, speaker_npy) -> None:
+    engine = tiny_engine(speaker_npy, max_steps=8)
+    engine.transcriber, engine.transcript_language = FakeAsr(text="hello there"), "en"
+    _, connect = await chat_server(engine)
+    chat = await connect("?extras=1")
+    said = speech_24k("hello")
+    await chat.turn(encode_browser_pages(said))
+    reply = await chat.receive_reply(timeout=120)
+    assert reply.errors == [] and reply.transcripts == ["hello there"]
+    (heard,) = engine.transcriber.requests  # the turn's audio, as the model got it
+    assert heard.language == "en" and abs(len(heard.pcm_16k) / 16000 - len(said) / 24000) < 0.1
+    engine.transcriber = FailingAsr()
+    await chat.turn(tone_pages(1.0))
+    reply = await chat.receive_reply(timeout=120)
+    assert reply.errors == [] and reply.transcripts == [] and reply.final is not None

