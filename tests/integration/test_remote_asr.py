@@ -19,14 +19,16 @@ import pytest
 from tests.fake_openai_asr import FakeOpenAIAsr, Fault
 from tests.fakes import FakeAsr
 from web_demo.server.engines.asr_failover import AllEnginesDown, CircuitBreaker, FailoverAsrEngine
-from web_demo.server.engines.base import Transcription, TranscriptionRequest
+from web_demo.server.engines.base import Segment, Transcription, TranscriptionRequest, Word
 from web_demo.server.engines.remote_asr import (
     OpenAITranscriptionsEngine,
     Qwen3ChatAsrEngine,
     RemoteDown,
     RemoteTimeout,
     RemoteUnavailable,
+    error_detail,
     parse_qwen3_answer,
+    verbose_segments,
 )
 from web_demo.server.errors import BadRequest, EngineError, PayloadTooLarge, ServingError, WorkerDied
 
@@ -203,6 +205,29 @@ async def test_server_without_verbose_json_is_asked_json_from_then_on(servers: A
         "hello from the fake server", "en", (), 1.0)
 
 
+def test_words_without_segments_and_words_inside_segments() -> None:
+    words = [{"word": " b", "start": 0.5, "end": 0.9}, {"word": " a", "start": 0.0, "end": 0.4,
+                                                         "probability": 0.9}]
+    assert verbose_segments([], words) == (
+        Segment(0.0, 0.9, "a b", (Word(0.0, 0.4, "a", 0.9), Word(0.5, 0.9, "b"))),)
+    inside = [{"start": 0.0, "end": 1.0, "text": " a b", "words": words[1:]}]
+    assert verbose_segments(inside, words)[0].words == (Word(0.0, 0.4, "a", 0.9),)  # not twice
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"error": {"message": "bad language", "type": "BadRequestError", "param": "language", "code": 400}}',
+     ("bad language", "language")),
+    (b'{"object": "error", "message": "old vLLM", "type": "BadRequestError", "param": null, "code": 400}',
+     ("old vLLM", None)),
+    (b'{"detail": [{"loc": ["body", "file"], "msg": "field required"}]}',
+     ("[{'loc': ['body', 'file'], 'msg': 'field required'}]", None)),
+    (b"upstream connect error", ("upstream connect error", None)),
+    (b"", ("(empty body)", None)),
+])
+def test_error_bodies(body: bytes, expected: tuple[str, str | None]) -> None:
+    assert error_detail(body) == expected
+
+
 @pytest.mark.parametrize(("content", "expected"), [
     ("language Chinese<asr_text>今天天气很好。", ("zh", "今天天气很好。")),
     ("language English<asr_text> Hello there. ", ("en", "Hello there.")),
@@ -288,6 +313,17 @@ async def test_down_at_start_serves_degraded_until_it_answers(servers: Any, engi
         assert (await engine.transcribe(request())).text == "hello from the fake server"
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("cls", ENGINES)
+async def test_a_restarted_server_is_used_at_once(servers: Any, engines: Any, cls: Any) -> None:
+    server = await servers()
+    engine = await engines(remote(cls, server.url))
+    await engine.transcribe(request())  # leaves a keep-alive connection in the pool
+    await server.stop()
+    await server.start()
+    assert (await engine.transcribe(request())).text == "hello from the fake server"
+    assert engine.health()["status"] == "healthy"
 
 
 @pytest.mark.parametrize("cls", ENGINES)
@@ -380,6 +416,7 @@ async def test_fails_over_when_the_primary_cannot_serve(servers: Any, engines: A
 async def test_fails_over_at_once_when_the_primary_is_down(servers: Any, engines: Any) -> None:
     primary, _, group = await pair(servers, engines)
     await primary.stop()
+    # The first send meets the pooled connection the stop closed; the resend, a closed port.
     assert (await group.transcribe(request())).text == "from the fallback"
     assert breaker_of(group, "primary")["breaker"] == "open"
     assert group.health()["serving"] == "fallback"

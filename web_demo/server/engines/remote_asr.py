@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -33,10 +33,11 @@ from web_demo.server.errors import BadRequest, PayloadTooLarge, ServingError
 from web_demo.server.languages import english_name, parse_language
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 5.0  # a host that drops SYNs must not hold a request for the whole timeout
-PROBE_TIMEOUT_S = 2.0
-KEEPALIVE_S = 4.0  # /health and /v1/models answer at once on a live server
+PROBE_TIMEOUT_S = 2.0  # /health and /v1/models answer at once on a live server
+KEEPALIVE_S = 4.0  # vLLM's uvicorn drops idle connections after 5 s: ours go first
 _CLIENT_ERRORS = {400, 413, 422}  # the input's fault; everything else non-200 is the remote's
 # Failures of a connection that was open before the request (ClientConnectorError, a new
 # connection failing, is a ClientOSError too but is caught before these).
@@ -52,7 +53,7 @@ class RemoteUnavailable(ServingError):
 
 
 class RemoteDown(RemoteUnavailable):
-    """Nothing answers at the remote's address (connection refused, reset, DNS, connect timeout)."""
+    """Nothing answers at the remote's address (connection refused, DNS, connect timeout)."""
 
     http_status = 503
     kind = "remote_down"
@@ -104,7 +105,6 @@ class _RemoteEngine:
 
     async def start(self) -> None:
         """Opens the session and probes once; a remote that is down leaves the engine degraded."""
-        # vLLM's uvicorn drops idle connections after 5 s: let ours go first.
         connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
         self._http = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout)
         if not await self.probe():
@@ -123,15 +123,19 @@ class _RemoteEngine:
     async def probe(self) -> bool:
         """True when the server answers /health (or has none) and lists our model in /v1/models."""
         try:
-            status, _ = await self._send("GET", "/health", timeout=self._probe_timeout)
-            if status not in (200, 404):  # 404: an OpenAI-compatible server without /health
-                raise RemoteUnavailable(f"{self.name}: /health answered HTTP {status}")
-            self._check_models(await self._call("GET", "/v1/models", timeout=self._probe_timeout))
-        except RemoteUnavailable as exc:
+            await self._probe_once()
+        except (RemoteUnavailable, BadRequest) as exc:  # a 400 on /v1/models: not a usable server
             self._mark_down(exc)
             return False
         self._mark_up()
         return True
+
+    async def _probe_once(self) -> None:
+        status, _ = await self._send("GET", "/health", timeout=self._probe_timeout)
+        if status not in (200, 404):  # 404: an OpenAI-compatible server without /health
+            raise RemoteUnavailable(f"{self.name}: /health answered HTTP {status}")
+        status, body = await self._send("GET", "/v1/models", timeout=self._probe_timeout)
+        self._check_models(self._decode(status, body, "/v1/models"))
 
     def _check_models(self, answer: Any) -> None:
         try:
@@ -141,11 +145,11 @@ class _RemoteEngine:
         if self.model not in ids:  # a wrong --served-model-name would fail every request
             raise RemoteUnavailable(f"{self.name}: the server serves {ids[:10]}, not {self.model!r}")
 
-    async def _call(self, method: str, path: str, **send: Any) -> Any:
-        """One request -> its decoded JSON answer, or the classified error; tracks up/down."""
+    async def _call(self, path: str, parse: Callable[[Any], _T], **send: Any) -> _T:
+        """POSTs once -> `parse` of the JSON answer, or the classified error; tracks up/down."""
         try:
-            status, body = await self._send(method, path, **send)
-            answer = self._decode(status, body, path)
+            status, body = await self._send("POST", path, **send)
+            result = parse(self._decode(status, body, path))
         except RemoteUnavailable as exc:
             self._mark_down(exc)
             raise
@@ -153,7 +157,7 @@ class _RemoteEngine:
             self._mark_up()  # it answered, and correctly so
             raise
         self._mark_up()
-        return answer
+        return result
 
     async def _send(self, method: str, path: str, *, form: Callable[[], aiohttp.FormData] | None = None,
                     json: dict[str, Any] | None = None,
@@ -201,7 +205,7 @@ class _RemoteEngine:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise RemoteUnavailable(f"{self.name}: {path} answered 200 with a body that is not "
                                         f"JSON: {body[:100]!r}") from None
-        message, param = _error_detail(body)
+        message, param = error_detail(body)
         if status in _CLIENT_ERRORS:
             error = PayloadTooLarge if status == 413 else BadRequest
             raise error(f"{self.name} rejected the request: {message}", param=param)
@@ -212,18 +216,16 @@ class _RemoteEngine:
             logger.info("remote ASR %s at %s is up", self.name, self.base_url)
         self._up, self.last_error = True, None
 
-    def _mark_down(self, error: RemoteUnavailable) -> None:
+    def _mark_down(self, error: ServingError) -> None:
         if self._up:
             logger.warning("remote ASR %s is down: %s", self.name, error)
         self._up, self.last_error = False, str(error)
 
-    def _garbage(self, what: str, answer: Any) -> RemoteUnavailable:
-        error = RemoteUnavailable(f"{self.name}: {what}: {str(answer)[:200]}")
-        self._mark_down(error)
-        return error
+    def _unreadable(self, what: str, answer: Any) -> RemoteUnavailable:
+        return RemoteUnavailable(f"{self.name}: {what}: {str(answer)[:200]}")
 
 
-def _error_detail(body: bytes) -> tuple[str, str | None]:
+def error_detail(body: bytes) -> tuple[str, str | None]:
     """The message and param of an error body: OpenAI's {"error": {...}}, older vLLM's flat
     {"object": "error", "message"}, FastAPI's {"detail"}, or the raw text."""
     text = body.decode("utf-8", "replace")
@@ -269,20 +271,19 @@ class OpenAITranscriptionsEngine(_RemoteEngine):
 
     async def transcribe(self, request: TranscriptionRequest) -> Transcription:
         wav = _pcm_wav(request)
+        parse = functools.partial(self._parse, request=request)
         if self._verbose:
             try:
-                answer = await self._call("POST", "/v1/audio/transcriptions",
-                                          form=lambda: self._form(request, wav, verbose=True))
-                return self._parse(answer, request)
+                return await self._call("/v1/audio/transcriptions", parse,
+                                        form=lambda: self._form(request, wav, verbose=True))
             except BadRequest as exc:
                 if not _rejects_verbose(exc):
                     raise
                 logger.info("remote ASR %s rejects verbose_json (%s); asking json from now on",
                             self.name, exc)
                 self._verbose = False
-        answer = await self._call("POST", "/v1/audio/transcriptions",
-                                  form=lambda: self._form(request, wav, verbose=False))
-        return self._parse(answer, request)
+        return await self._call("/v1/audio/transcriptions", parse,
+                                form=lambda: self._form(request, wav, verbose=False))
 
     def _form(self, request: TranscriptionRequest, wav: bytes, *, verbose: bool) -> aiohttp.FormData:
         form = aiohttp.FormData()
@@ -303,11 +304,11 @@ class OpenAITranscriptionsEngine(_RemoteEngine):
 
     def _parse(self, answer: Any, request: TranscriptionRequest) -> Transcription:
         if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
-            raise self._garbage("the transcription has no text", answer)
+            raise self._unreadable("the transcription has no text", answer)
         try:
-            segments = _segments(answer.get("segments") or (), answer.get("words") or ())
+            segments = verbose_segments(answer.get("segments") or (), answer.get("words") or ())
         except (KeyError, TypeError, ValueError) as exc:
-            raise self._garbage(f"unreadable segments ({exc!r})", answer) from None
+            raise self._unreadable(f"unreadable segments ({exc!r})", answer) from None
         return Transcription(text=answer["text"].strip(),
                              language=iso_language(answer.get("language")) or request.language,
                              duration_s=_duration_s(request), segments=segments)
@@ -328,22 +329,22 @@ def _optional(raw: Any, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _segments(raw_segments: Any, raw_words: Any) -> tuple[Segment, ...]:
+def verbose_segments(raw_segments: Any, raw_words: Any) -> tuple[Segment, ...]:
     """verbose_json's segments, with the top-level words (OpenAI puts them there) put back into
-    the segment they start in; words inside a segment (some servers) are kept where they are."""
-    words = sorted((_word(w) for w in raw_words), key=lambda w: w.start_s)
+    the segment they start in. A server that times words inside its segments keeps those."""
     segments = [Segment(start_s=float(s["start"]), end_s=float(s["end"]), text=str(s["text"]).strip(),
                         words=tuple(_word(w) for w in s.get("words") or ()),
                         avg_logprob=_optional(s, "avg_logprob"),
                         compression_ratio=_optional(s, "compression_ratio"),
                         no_speech_prob=_optional(s, "no_speech_prob"))
                 for s in raw_segments]
-    if not words:
+    words = sorted((_word(w) for w in raw_words), key=lambda w: w.start_s)
+    if not words or any(s.words for s in segments):
         return tuple(segments)
     if not segments:  # words without segments: one segment holds them all
         return (Segment(words[0].start_s, words[-1].end_s, " ".join(w.text for w in words), tuple(words)),)
     starts = [s.start_s for s in segments]
-    placed: list[list[Word]] = [list(s.words) for s in segments]
+    placed: list[list[Word]] = [[] for _ in segments]
     for word in words:
         placed[max(bisect.bisect_right(starts, word.start_s) - 1, 0)].append(word)
     return tuple(Segment(s.start_s, s.end_s, s.text, tuple(p), s.avg_logprob, s.compression_ratio,
@@ -390,8 +391,7 @@ class Qwen3ChatAsrEngine(_RemoteEngine):
     wire = "qwen3-chat"
 
     async def transcribe(self, request: TranscriptionRequest) -> Transcription:
-        answer = await self._call("POST", "/v1/chat/completions", json=self._body(request))
-        content = self._content(answer)
+        content = await self._call("/v1/chat/completions", self._content, json=self._body(request))
         language, text = parse_qwen3_answer(content)
         return Transcription(text=text, language=request.language or language,
                              duration_s=_duration_s(request))
@@ -416,10 +416,10 @@ class Qwen3ChatAsrEngine(_RemoteEngine):
         try:
             content = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise self._garbage("not a chat completion", answer) from None
+            raise self._unreadable("not a chat completion", answer) from None
         if content is None:
             return ""
         if not isinstance(content, str):
-            raise self._garbage("the completion's content is not text", answer)
+            raise self._unreadable("the completion's content is not text", answer)
         return content
 
