@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -34,13 +35,16 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], log: Path, ready_timeout_s: float = 120.0,
-                 module: str = "web_demo.server.server") -> RunningServer:
-    """Starts `python -m MODULE` (the S2S server by default) and waits until /health answers."""
+                 module: str = "web_demo.server.server",
+                 env: dict[str, str] | None = None) -> RunningServer:
+    """Starts `python -m MODULE` (the S2S server by default) and waits until /health answers;
+    `env` adds to (or overrides) this process's environment."""
     port = free_port()
     out = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", module, "--host", "127.0.0.1",
-         "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+         "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})})
     server = RunningServer(port, process, log)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:

@@ -153,15 +153,16 @@ def describe_asr_choice(cfg: AsrServiceConfig) -> str:
             f"on {devices}{asked}")
 
 
+# AsrChoice.engine -> the worker handler that serves it
+ASR_HANDLERS = {"faster-whisper": "web_demo.server.workers.asr_worker:FasterWhisperHandler",
+                "funasr": "web_demo.server.workers.funasr_worker:FunAsrNanoHandler"}
+
+
 def build_asr_service_engine(cfg: AsrServiceConfig, workers: WorkerConfig) -> AsrEngine:
-    """The ASR service's engine, named by its model id; funasr is not built yet (ValueError)."""
+    """The ASR service's engine, named by its model id; builds, loads nothing."""
     choice = resolve_asr_service(cfg)
-    if choice.engine == "funasr":
-        raise ValueError(
-            f"--model-path {cfg.model_path} holds Fun-ASR-Nano weights, and the funasr engine is not "
-            "supported yet; pass --model-path a CTranslate2 Whisper directory, or a path without "
-            "weights to serve the CPU stand-in (--stand-in)")
     from web_demo.server.engines.local import WorkerAsrEngine
 
-    return WorkerAsrEngine(name=choice.model_id, init_kwargs={"model_dir": choice.model_dir},
-                           devices=asr_devices(cfg), cfg=workers)
+    return WorkerAsrEngine(name=choice.model_id, handler=ASR_HANDLERS[choice.engine],
+                           init_kwargs={"model_dir": choice.model_dir}, devices=asr_devices(cfg),
+                           cfg=workers)

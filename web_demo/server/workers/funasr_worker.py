@@ -113,8 +113,8 @@ class FunAsrNanoHandler:
         if code is None:
             return None
         if code not in self._languages:
-            raise BadRequest(f"language {code!r} is not supported by {self._model_dir.name} (it "
-                             f"transcribes {', '.join(self._languages)}, or auto)", param="language")
+            raise BadRequest(f"language {code!r} is not supported by this model (it transcribes "
+                             f"{', '.join(self._languages)}, or auto)", param="language")
         return chinese_name(code)
 
     def _transcribe(self, request: TranscriptionRequest) -> Transcription:
