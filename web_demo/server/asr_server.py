@@ -5,6 +5,8 @@
 
 Without Fun-ASR-Nano weights at --model-path it serves a faster-whisper CPU stand-in
 (--stand-in) and says so loudly; a CTranslate2 Whisper directory there is served as it is.
+With --models models.json it serves the registry's models instead: local workers and remote
+vLLM engines, with fallbacks (see models.example.json).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from web_demo.server.config import (
     add_flags,
     from_args,
 )
+from web_demo.server.engines.asr_registry import load_registry
+from web_demo.server.engines.asr_service import build_registry_models
+from web_demo.server.engines.base import AsrEngine
 from web_demo.server.engines.builders import build_asr_service_engine, describe_asr_choice
 from web_demo.server.lifecycle import bind
 from web_demo.server.logs import setup_logging
@@ -53,16 +58,25 @@ def parse_args(argv: Sequence[str] | None) -> AsrServerConfig:
         p.error(str(exc))
 
 
+def build_engine(cfg: AsrServerConfig) -> tuple[AsrEngine, list[str]]:
+    """The models to serve (from --models, else --model-path) and the lines that say which."""
+    if cfg.asr.models is None:
+        return build_asr_service_engine(cfg.asr, cfg.workers), [describe_asr_choice(cfg.asr)]
+    registry = load_registry(cfg.asr.models, default=cfg.asr.default_model)
+    return build_registry_models(registry, cfg.asr, cfg.workers), registry.describe()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_args(argv)
     setup_logging(cfg.http.log_level)
     try:
-        engine = build_asr_service_engine(cfg.asr, cfg.workers)  # builds, loads nothing
+        engine, described = build_engine(cfg)  # builds, loads nothing
     except ValueError as exc:
         logger.error("%s", exc)
         sys.exit(f"asr_server: {exc}")
     sock = bind(cfg.http.host, cfg.http.port)
-    logger.warning("engine: %s", describe_asr_choice(cfg.asr))
+    for line in described:
+        logger.warning("engine: %s", line)
     app = make_app(cfg.http, asr=engine, asr_config=cfg.asr)
     logger.info("listening on http://%s:%d (POST /api/transcribe, POST /v1/audio/transcriptions)",
                 cfg.http.host, cfg.http.port)

@@ -93,10 +93,47 @@ class AsrModels:
                                 "backend": raw.get("model"), "engine": engine.name}
             if "alive" in raw:  # a worker-backed engine's supervisor or pool report
                 workers[engine.name] = raw
+        # A model with every engine down (a remote vLLM not up yet, or gone) leaves the service
+        # degraded, not dead: it answers the other models, and its probes bring that one back.
         statuses = {m["status"] for m in models.values()}
-        status = "dead" if "dead" in statuses else "degraded" if statuses != {"healthy"} else "healthy"
+        status = "healthy" if statuses == {"healthy"} else "degraded"
         return {"status": status, "model": self.default, "device": models[self.default]["device"],
                 "engine": self.name, "models": models, "workers": workers}
+
+
+class SharedAsrEngine:
+    """One engine used by several owners (a model served itself and as another's fallback):
+    the first start() starts it, the last aclose() closes it; the rest passes through."""
+
+    def __init__(self, engine: AsrEngine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self._owners = 0
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._owners == 0:
+                await self.engine.start()
+            self._owners += 1
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._owners == 0:
+                return
+            self._owners -= 1
+            if self._owners == 0:
+                await self.engine.aclose()
+
+    async def transcribe(self, request: TranscriptionRequest) -> Transcription:
+        return await self.engine.transcribe(request)
+
+    async def probe(self) -> bool:
+        probe = getattr(self.engine, "probe", None)
+        return True if probe is None else bool(await probe())
+
+    def health(self) -> dict[str, Any]:
+        return self.engine.health()
 
 
 def _status(raw: dict[str, Any]) -> str:
