@@ -115,3 +115,18 @@ def test_a_missing_file_and_an_unknown_default(tmp_path: Path) -> None:
         load_registry(tmp_path / "nope.json", environ={})
     with pytest.raises(RegistryError, match="--default-model 'c' is not in"):
         load_registry(write(tmp_path, {"models": {"a": {"engine": "funasr"}}}), default="c", environ={})
+
+
+def test_the_shipped_example_loads_as_documented() -> None:
+    registry = load_registry(REPO / "models.example.json", environ={})
+    assert registry.default == "fun-asr-nano" and len(registry.models) == 4
+    nano, base = registry.models["fun-asr-nano"], registry.models["whisper-base"]
+    assert nano.remote is None and nano.fallbacks == ("whisper-base",) and base.remote is None
+    qwen = registry.models["qwen3-asr-1.7b"].remote
+    assert qwen is not None and (qwen.api, qwen.base_url) == ("qwen3-chat", "http://localhost:8101")
+    whisper = registry.models["whisper-large-v3-vllm"].remote
+    assert whisper is not None and whisper.api == "openai-transcriptions"
+    assert (whisper.model, whisper.api_key_env) == ("openai/whisper-large-v3", "WHISPER_VLLM_API_KEY")
+    # the plan's compose-style variables move a model without editing the file
+    moved = load_registry(REPO / "models.example.json", environ={"QWEN3_VLLM_HOST_1_7B": "gpu-box"})
+    assert moved.models["qwen3-asr-1.7b"].remote.base_url == "http://gpu-box:8101"  # type: ignore[union-attr]
