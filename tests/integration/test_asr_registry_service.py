@@ -83,6 +83,8 @@ async def test_a_remote_down_at_start_fails_over_and_comes_back(aiohttp_client, 
     # the default model's vLLM is down: its fallback, the real tiny.en worker, answers
     answer = await (await client.post("/v1/audio/transcriptions", data=upload("qwen3-asr-1.7b"))).json()
     assert {"quick", "brown", "fox"} <= set(answer["text"].lower().replace(".", "").split())
+    metrics = await (await client.get("/metrics")).text()  # the fallback's worker, inside a group
+    assert 'fac_worker_alive{worker="whisper-tiny"} 1.0' in metrics
     await qwen.start()  # vLLM is up: the probe closes the breaker, requests go to it again
     await wait_until(lambda: model_status(app, "qwen3-asr-1.7b") == "healthy", timeout=10)
     answer = await (await client.post("/stream/v1/asr?model_id=qwen3-asr-1.7b", data=FOX)).json()
@@ -102,6 +104,7 @@ async def test_a_remote_without_fallback_answers_503_then_recovers(aiohttp_clien
     response = await client.post("/v1/audio/transcriptions", data=upload("whisper-vllm"))
     body = await response.json()
     assert response.status == 503 and set(body["error"]) == {"message", "type", "param", "code"}
+    assert response.headers["Retry-After"] == "5"  # about when the probe notices it is back
     assert "whisper-vllm" in body["error"]["message"]
     # the declared language list is enforced before any engine is called
     bad = await client.post("/v1/audio/transcriptions", data=upload("whisper-tiny", "de"))

@@ -17,6 +17,7 @@ class ServingError(Exception):
     http_status = 500
     kind = "internal_error"
     retryable = False
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str, *, retryable: bool | None = None,
                  param: str | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from web_demo.server.errors import EngineBusy, ServingError, Unauthorized, error_body, error_from_status
+from web_demo.server.errors import ServingError, Unauthorized, error_body, error_from_status
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 
@@ -44,7 +44,7 @@ def route_name(request: web.Request) -> str:
 
 def error_response(error: ServingError, extra: dict[str, Any] | None = None) -> web.Response:
     headers = {}
-    if isinstance(error, EngineBusy):
+    if error.retry_after_s is not None:
         headers[hdrs.RETRY_AFTER] = str(error.retry_after_s)
     if isinstance(error, Unauthorized):
         headers[hdrs.WWW_AUTHENTICATE] = "Bearer"

@@ -31,6 +31,7 @@ class AllEnginesDown(RemoteUnavailable):
 
     http_status = 503
     kind = "engines_unavailable"
+    retry_after_s = 5  # about one probe interval: when a recovered engine is noticed
 
 
 # Errors that say nothing answers at all: the next request would fail the same way.
@@ -204,7 +205,16 @@ class FailoverAsrEngine:
         shown = serving or engines[0]
         return {"status": status, "model": shown["model"], "device": shown["device"],
                 "engine": "failover", "serving": serving["engine"] if serving else None,
-                "engines": engines}
+                "engines": engines, "workers": self._worker_reports()}
+
+    def _worker_reports(self) -> dict[str, Any]:
+        """The members' worker-process reports, for /metrics (remote members have none)."""
+        reports = {}
+        for member in self._members:
+            raw = member.engine.health()
+            if "alive" in raw:
+                reports[member.engine.name] = raw
+        return reports
 
     @staticmethod
     def _member_health(member: _Member) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class AsrModels:
                                 "backend": raw.get("model"), "engine": engine.name}
             if "alive" in raw:  # a worker-backed engine's supervisor or pool report
                 workers[engine.name] = raw
+            workers.update(raw.get("workers") or {})  # a failover group's local members
         # A model with every engine down (a remote vLLM not up yet, or gone) leaves the service
         # degraded, not dead: it answers the other models, and its probes bring that one back.
         statuses = {m["status"] for m in models.values()}

@@ -57,6 +57,7 @@ class RemoteDown(RemoteUnavailable):
 
     http_status = 503
     kind = "remote_down"
+    retry_after_s = 5  # about one probe interval: when a restarted remote is noticed
 
 
 class RemoteTimeout(RemoteUnavailable):
