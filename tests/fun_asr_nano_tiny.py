@@ -10,11 +10,15 @@ release's name and its relative `init_param_path`, which is what makes funasr lo
 in the current directory unless the caller passes an absolute path. The tokenizer is a
 byte-level BPE trained here on a few strings (so any text encodes), saved as a Qwen2 tokenizer
 with the chat-template special tokens; nothing is downloaded. The output is random text.
-The release's CTC decoder (for timestamps; untrained in the release) is left out.
+
+As in the release, config.yaml configures a CTC decoder (for timestamps) with a tokenizer
+vocabulary file in the directory, named by a relative path, while model.pt holds no CTC
+weights (upstream Fun-ASR issue #106), so funasr turns the CTC off when it loads.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import torch
 import yaml
 
 LLM_DIR = "Qwen3-0.6B"  # the release's name, relative in config.yaml as in the release
+CTC_VOCAB = "multilingual.tiktoken"  # relative in config.yaml, like LLM_DIR
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _TRAINING_TEXT = (
     "You are a helpful assistant.",
@@ -54,6 +59,14 @@ CONFIG: dict[str, Any] = {
                       "frame_shift": 10, "lfr_m": 7, "lfr_n": 6, "cmvn_file": None},
     "tokenizer": "HuggingfaceTokenizer",
     "tokenizer_conf": {"init_param_path": "${llm_conf.init_param_path}"},
+    "ctc_decoder": "Transformer",
+    "ctc_decoder_conf": {"downsample_rate": 1, "ffn_dim": 64, "llm_dim": 32, "encoder_dim": 32,
+                         "n_layer": 1, "attention_heads": 2},
+    "ctc_vocab_size": 256 + 3000,  # the byte vocabulary below + SenseVoice's special tokens
+    "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
+    "dataset_conf": {"ctc_tokenizer": "SenseVoiceTokenizer",
+                     "ctc_tokenizer_conf": {"vocab_path": CTC_VOCAB, "is_multilingual": True,
+                                            "num_languages": 8749}},
 }
 CONFIGURATION_JSON: dict[str, Any] = {
     "framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"},
@@ -93,6 +106,11 @@ def _save_tokenizer(llm_dir: Path) -> tuple[int, dict[str, int]]:
     return len(tokenizer), {token: bpe.token_to_id(token) for token in SPECIAL_TOKENS}
 
 
+def _save_ctc_vocab(path: Path) -> None:
+    """A tiktoken vocabulary of the 256 single bytes (base64 token, rank per line)."""
+    path.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+
+
 def build_fun_asr_nano_tiny(dest: Path, *, seed: int = 0) -> Path:
     """Writes the directory at `dest` (created if needed) and returns it."""
     from funasr.models.fun_asr_nano.model import FunASRNano
@@ -102,12 +120,16 @@ def build_fun_asr_nano_tiny(dest: Path, *, seed: int = 0) -> Path:
     vocab_size, ids = _save_tokenizer(llm_dir)
     (llm_dir / "config.json").write_text(json.dumps(
         _qwen3_config(vocab_size, eos_id=ids["<|im_end|>"], pad_id=ids["<|endoftext|>"]), indent=2))
+    _save_ctc_vocab(dest / CTC_VOCAB)
     (dest / "config.yaml").write_text(yaml.safe_dump(CONFIG, allow_unicode=True, sort_keys=False))
     (dest / "configuration.json").write_text(json.dumps(CONFIGURATION_JSON, indent=2))
 
     torch.manual_seed(seed)
-    conf = {**CONFIG, "llm_conf": {**CONFIG["llm_conf"], "init_param_path": str(llm_dir)}}
-    model = FunASRNano(input_size=80 * 7, **{k: v for k, v in conf.items() if k.endswith("_conf")
-                                               or k in ("audio_encoder", "audio_adaptor", "llm")})
-    torch.save(model.state_dict(), dest / "model.pt")
+    ctc_tokenizer = {**CONFIG["dataset_conf"]["ctc_tokenizer_conf"], "vocab_path": str(dest / CTC_VOCAB)}
+    model = FunASRNano(input_size=80 * 7, **{
+        **CONFIG, "llm_conf": {**CONFIG["llm_conf"], "init_param_path": str(llm_dir)},
+        "dataset_conf": {**CONFIG["dataset_conf"], "ctc_tokenizer_conf": ctc_tokenizer}})
+    weights = {name: tensor for name, tensor in model.state_dict().items()
+               if not name.startswith(("ctc.", "ctc_decoder."))}  # untrained in the release
+    torch.save(weights, dest / "model.pt")
     return dest

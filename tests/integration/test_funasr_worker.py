@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import Qwen2TokenizerFast
 
 from tests.fun_asr_nano_tiny import build_fun_asr_nano_tiny
 from utils.audio import read_wav
 from web_demo.server.engines.base import SynthesisRequest, Transcription, TranscriptionRequest
 from web_demo.server.errors import BadRequest
-from web_demo.server.workers.funasr_worker import MLT_NANO_LANGUAGES, FunAsrNanoHandler
+from web_demo.server.workers.funasr_worker import MLT_NANO_LANGUAGES, FunAsrNanoHandler, absolute_paths
 
 pytestmark = pytest.mark.slow
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
@@ -30,8 +31,8 @@ def nano_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def nano(nano_dir: Path) -> FunAsrNanoHandler:
-    # cuda:0 as the deployment plan asks; the repository root (the cwd) has no Qwen3-0.6B/,
-    # so this loads only if the handler gives funasr the LLM's absolute path.
+    # cuda:0 as the deployment plan asks; the repository root (the cwd) has no Qwen3-0.6B/ and
+    # no multilingual.tiktoken, so this loads only if the handler gives funasr absolute paths.
     return FunAsrNanoHandler(model_dir=str(nano_dir), device="cuda:0")
 
 
@@ -66,6 +67,15 @@ def user_turn(llm_inputs: list[str]) -> str:
     turns = [t for t in llm_inputs if "<|im_start|>user\n" in t]
     assert len(turns) == 1, llm_inputs
     return turns[0].rpartition("<|im_start|>user\n")[2]
+
+
+def test_config_paths_are_made_absolute(nano_dir: Path) -> None:
+    config = yaml.safe_load((nano_dir / "config.yaml").read_text())
+    assert config["llm_conf"]["init_param_path"] == "Qwen3-0.6B"  # relative, as released
+    assert absolute_paths(nano_dir, config) == {
+        "llm_conf": {"init_param_path": str(nano_dir / "Qwen3-0.6B")},
+        "tokenizer_conf": {"init_param_path": str(nano_dir / "Qwen3-0.6B")},
+        "dataset_conf": {"ctc_tokenizer_conf": {"vocab_path": str(nano_dir / "multilingual.tiktoken")}}}
 
 
 def test_info_reports_where_the_weights_are(nano: FunAsrNanoHandler) -> None:

@@ -3,8 +3,9 @@
 FunAsrNanoHandler loads a release directory (config.yaml, model.pt, Qwen3-0.6B/ with the LLM
 config and tokenizer) through funasr's AutoModel, fully offline: funasr treats a path that does
 not exist as a hub model id and downloads it, checks PyPI for updates unless told not to, and
-resolves the config's relative LLM path against the current directory, which makes
-transformers try the Hugging Face hub. Each of those is closed off below.
+opens the files config.yaml names by relative paths (the LLM directory, the CTC tokenizer's
+vocabulary) from the current directory; a missing LLM directory makes transformers try the
+Hugging Face hub. Each of those is closed off below.
 
 `AutoModel.generate()` keeps per-call state on the model (not thread-safe), so a worker holds
 one model and serves one request at a time.
@@ -58,6 +59,30 @@ def llm_dir(model_dir: Path, config: dict[str, Any]) -> Path:
     return named if named.is_absolute() else model_dir / named
 
 
+# Other files config.yaml may name relative to the model directory (the CTC tokenizer's
+# vocabulary, CMVN statistics), as key paths.
+_FILE_KEYS = (("dataset_conf", "ctc_tokenizer_conf", "vocab_path"), ("ctc_tokenizer_conf", "vocab_path"),
+              ("frontend_conf", "cmvn_file"))
+
+
+def absolute_paths(model_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """AutoModel overrides naming config.yaml's files by absolute paths: funasr opens relative
+    ones from the current directory (and looks a missing LLM directory up on the hub)."""
+    llm = str(llm_dir(model_dir, config))
+    overrides: dict[str, Any] = {"llm_conf": {"init_param_path": llm},
+                                 "tokenizer_conf": {"init_param_path": llm}}  # the release's
+    for keys in _FILE_KEYS:
+        value: Any = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute() and (model_dir / value).is_file():
+            node = overrides
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = str(model_dir / value)
+    return overrides
+
+
 def _go_offline() -> None:
     # Read by huggingface_hub when it is first imported: set before funasr imports transformers.
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -73,7 +98,7 @@ class FunAsrNanoHandler:
             if not (self._model_dir / required).is_file():  # else funasr would try the hub
                 raise FileNotFoundError(f"{self._model_dir / required} is missing: not a Fun-ASR-Nano "
                                         "directory")
-        config = yaml.safe_load((self._model_dir / "config.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load((self._model_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         llm = llm_dir(self._model_dir, config)
         if not (llm / "config.json").is_file():
             raise FileNotFoundError(f"{llm / 'config.json'} is missing: the LLM config and "
@@ -86,8 +111,7 @@ class FunAsrNanoHandler:
         started = time.perf_counter()
         self._model = AutoModel(
             model=str(self._model_dir), device=device, disable_update=True, disable_pbar=True,
-            trust_remote_code=False, ncpu=cpu_threads,
-            llm_conf={"init_param_path": str(llm)}, tokenizer_conf={"init_param_path": str(llm)},
+            trust_remote_code=False, ncpu=cpu_threads, **absolute_paths(self._model_dir, config),
             # The LLM decodes in bf16 on a GPU (the encoder stays fp32 in funasr); a CPU is
             # faster in fp32.
             llm_dtype="bf16" if device.startswith("cuda") else "fp32")
