@@ -1,6 +1,7 @@
 """A tiny random-weight Fun-ASR-Nano directory in the release layout, for tests.
 
     build_fun_asr_nano_tiny(dest)  ->  dest/config.yaml, model.pt, configuration.json,
+                                       multilingual.tiktoken,
                                        Qwen3-0.6B/{config.json, tokenizer files}
 
 funasr's own classes (SenseVoiceEncoderSmall, the Transformer adaptor, a transformers Qwen3)
@@ -11,9 +12,9 @@ in the current directory unless the caller passes an absolute path. The tokenize
 byte-level BPE trained here on a few strings (so any text encodes), saved as a Qwen2 tokenizer
 with the chat-template special tokens; nothing is downloaded. The output is random text.
 
-As in the release, config.yaml configures a CTC decoder (for timestamps) with a tokenizer
-vocabulary file in the directory, named by a relative path, while model.pt holds no CTC
-weights (upstream Fun-ASR issue #106), so funasr turns the CTC off when it loads.
+Like the release, config.yaml configures a CTC decoder (for timestamps) and its SenseVoice
+tokenizer, here with a byte vocabulary file in the directory named by a relative path, while
+model.pt holds no CTC weights (upstream Fun-ASR issue #106), so funasr turns the CTC off.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ _TRAINING_TEXT = (
     "英文 日文 韩文 粤语 the quick brown fox jumps over the lazy dog",
 )
 
-# The release's config.yaml, shrunk: a 2-block encoder and a 2-layer, 64-wide Qwen3.
+# Modelled on the release's config.yaml as public copies show it, shrunk: a 2-block encoder
+# and a 2-layer, 64-wide Qwen3.
 CONFIG: dict[str, Any] = {
     "model": "FunASRNano",
     "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},
@@ -62,7 +64,7 @@ CONFIG: dict[str, Any] = {
     "ctc_decoder": "Transformer",
     "ctc_decoder_conf": {"downsample_rate": 1, "ffn_dim": 64, "llm_dim": 32, "encoder_dim": 32,
                          "n_layer": 1, "attention_heads": 2},
-    "ctc_vocab_size": 256 + 3000,  # the byte vocabulary below + SenseVoice's special tokens
+    "ctc_vocab_size": 256 + 3000,  # the byte vocabulary + room for SenseVoice's ~1.7k special tokens
     "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
     "dataset_conf": {"ctc_tokenizer": "SenseVoiceTokenizer",
                      "ctc_tokenizer_conf": {"vocab_path": CTC_VOCAB, "is_multilingual": True,
