@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.conftest import ROOT, RunningServer, free_port, start_server, stop_server
 from tests.helpers import FIXTURES
 from web_demo.server.devices import nvidia_driver_present
-from web_demo.server.engines.builders import fun_asr_nano_present
+from web_demo.server.engines.asr_service import fun_asr_nano_present
 
 pytestmark = pytest.mark.slow
 

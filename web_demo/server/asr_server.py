@@ -27,9 +27,12 @@ from web_demo.server.config import (
     from_args,
 )
 from web_demo.server.engines.asr_registry import load_registry
-from web_demo.server.engines.asr_service import build_registry_models
+from web_demo.server.engines.asr_service import (
+    build_asr_service_engine,
+    build_registry_models,
+    describe_asr_choice,
+)
 from web_demo.server.engines.base import AsrEngine
-from web_demo.server.engines.builders import build_asr_service_engine, describe_asr_choice
 from web_demo.server.lifecycle import bind
 from web_demo.server.logs import setup_logging
 

@@ -1,30 +1,93 @@
-"""The models a models.json registry describes, built into the ASR service's AsrModels.
+"""What the ASR service serves, built before anything loads.
 
-Each entry becomes one engine: a remote one (OpenAI transcriptions or Qwen3 chat) or a local
-worker (funasr, faster-whisper) on the service's --device/--workers. A model with a remote
-engine or with fallbacks is served through a FailoverAsrEngine (a circuit breaker and a
-background probe per engine), so a vLLM that is down at start leaves the service degraded
-and comes back by itself. An engine that is a model of its own and another's fallback is
-one engine (one worker, one connection pool), shared. Builds only: nothing loads here.
+Without --models: one model, chosen from --model-path (`resolve_asr_service`): Fun-ASR-Nano
+weights -> the funasr worker; a CTranslate2 Whisper directory -> the faster-whisper worker;
+no weights -> the CPU stand-in, said loudly.
+
+With --models: the models a models.json registry describes, in one AsrModels. Each entry
+becomes one engine: a remote one (OpenAI transcriptions or Qwen3 chat) or a local worker
+(funasr, faster-whisper) on the service's --device/--workers. A model with a remote engine
+or with fallbacks is served through a FailoverAsrEngine (a circuit breaker and a background
+probe per engine), so a vLLM that is down at start leaves the service degraded and comes
+back by itself. An engine that is a model of its own and another's fallback is one engine
+(one worker, one connection pool), shared.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from web_demo.server.config import AsrServiceConfig, WorkerConfig
+from web_demo.server.devices import nvidia_driver_present
 from web_demo.server.engines.asr_failover import FailoverAsrEngine
 from web_demo.server.engines.asr_models import AsrModels, SharedAsrEngine
 from web_demo.server.engines.asr_registry import ModelSpec, Registry, RegistryError, RemoteTarget
 from web_demo.server.engines.base import AsrEngine
-from web_demo.server.engines.builders import (
-    ASR_HANDLERS,
-    asr_devices,
-    ctranslate2_whisper_present,
-    fun_asr_nano_present,
-)
 from web_demo.server.workers.whisper_models import STAND_INS
+
+
+@dataclass(frozen=True)
+class AsrChoice:
+    """What the ASR service serves, decided from --model-path before anything loads."""
+    engine: str  # "faster-whisper" | "funasr"
+    model_id: str  # the id clients send as `model` and /health reports
+    model_dir: str  # a directory, or a stand-in name the worker resolves
+    stand_in: bool
+    why: str = ""
+
+
+def fun_asr_nano_present(path: Path) -> bool:
+    """A Fun-ASR-Nano (or -MLT-Nano) release directory: config.yaml + model.pt."""
+    return (path / "config.yaml").is_file() and (path / "model.pt").is_file()
+
+
+def ctranslate2_whisper_present(path: Path) -> bool:
+    return (path / "model.bin").is_file() and (path / "config.json").is_file()
+
+
+def resolve_asr_service(cfg: AsrServiceConfig) -> AsrChoice:
+    path = cfg.model_path
+    if fun_asr_nano_present(path):
+        return AsrChoice("funasr", path.name, str(path), stand_in=False)
+    if ctranslate2_whisper_present(path):
+        return AsrChoice("faster-whisper", path.name, str(path), stand_in=False)
+    return AsrChoice("faster-whisper", cfg.stand_in, cfg.stand_in, stand_in=True,
+                     why=f"no Fun-ASR-Nano weights at {path}")
+
+
+def asr_devices(cfg: AsrServiceConfig) -> list[str]:
+    """One entry per worker process: each --device, --workers times; cuda without a driver is cpu."""
+    devices = [d.strip() for d in cfg.device.split(",") if d.strip()] or ["auto"]
+    if not nvidia_driver_present():
+        devices = ["cpu" if d.startswith("cuda") else d for d in devices]
+    return [d for d in devices for _ in range(cfg.workers)]
+
+
+def describe_asr_choice(cfg: AsrServiceConfig) -> str:
+    """One loud line: the real model, or which CPU stand-in runs and why."""
+    choice, devices = resolve_asr_service(cfg), ",".join(asr_devices(cfg))
+    asked = "" if devices == cfg.device or cfg.device == "auto" else f" (asked {cfg.device}: no GPU)"
+    if not choice.stand_in:
+        return f"{choice.engine} {choice.model_id} (REAL MODEL from {cfg.model_path}) on {devices}{asked}"
+    return (f"faster-whisper {choice.model_id}: CPU STAND-IN, NOT Fun-ASR-Nano -- {choice.why}; "
+            f"on {devices}{asked}")
+
+
+# AsrChoice.engine -> the worker handler that serves it
+ASR_HANDLERS = {"faster-whisper": "web_demo.server.workers.asr_worker:FasterWhisperHandler",
+                "funasr": "web_demo.server.workers.funasr_worker:FunAsrNanoHandler"}
+
+
+def build_asr_service_engine(cfg: AsrServiceConfig, workers: WorkerConfig) -> AsrEngine:
+    """The ASR service's engine, named by its model id; builds, loads nothing."""
+    choice = resolve_asr_service(cfg)
+    from web_demo.server.engines.local import WorkerAsrEngine
+
+    return WorkerAsrEngine(name=choice.model_id, handler=ASR_HANDLERS[choice.engine],
+                           init_kwargs={"model_dir": choice.model_dir}, devices=asr_devices(cfg),
+                           cfg=workers)
 
 
 def build_registry_models(registry: Registry, cfg: AsrServiceConfig, workers: WorkerConfig, *,

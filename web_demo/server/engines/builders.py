@@ -6,19 +6,15 @@ pays only for the engines it runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from web_demo.server.config import (
     AsrConfig,
-    AsrServiceConfig,
     ResponderConfig,
     S2SConfig,
     TtsConfig,
     VocoderConfig,
     WorkerConfig,
 )
-from web_demo.server.devices import gpu_available, nvidia_driver_present
+from web_demo.server.devices import gpu_available
 from web_demo.server.engines.base import AsrEngine, S2SEngine, TtsEngine, Vocoder
 from web_demo.server.engines.responder import EchoResponder, OpenAIChatResponder, Responder
 
@@ -104,65 +100,3 @@ def build_responder(cfg: ResponderConfig) -> Responder:
     if not cfg.llm_url:
         return EchoResponder()
     return OpenAIChatResponder(base_url=cfg.llm_url, model=cfg.llm_model, api_key=cfg.llm_api_key)
-
-
-@dataclass(frozen=True)
-class AsrChoice:
-    """What the ASR service serves, decided from --model-path before anything loads."""
-    engine: str  # "faster-whisper" | "funasr"
-    model_id: str  # the id clients send as `model` and /health reports
-    model_dir: str  # a directory, or a stand-in name the worker resolves
-    stand_in: bool
-    why: str = ""
-
-
-def fun_asr_nano_present(path: Path) -> bool:
-    """A Fun-ASR-Nano (or -MLT-Nano) release directory: config.yaml + model.pt."""
-    return (path / "config.yaml").is_file() and (path / "model.pt").is_file()
-
-
-def ctranslate2_whisper_present(path: Path) -> bool:
-    return (path / "model.bin").is_file() and (path / "config.json").is_file()
-
-
-def resolve_asr_service(cfg: AsrServiceConfig) -> AsrChoice:
-    path = cfg.model_path
-    if fun_asr_nano_present(path):
-        return AsrChoice("funasr", path.name, str(path), stand_in=False)
-    if ctranslate2_whisper_present(path):
-        return AsrChoice("faster-whisper", path.name, str(path), stand_in=False)
-    return AsrChoice("faster-whisper", cfg.stand_in, cfg.stand_in, stand_in=True,
-                     why=f"no Fun-ASR-Nano weights at {path}")
-
-
-def asr_devices(cfg: AsrServiceConfig) -> list[str]:
-    """One entry per worker process: each --device, --workers times; cuda without a driver is cpu."""
-    devices = [d.strip() for d in cfg.device.split(",") if d.strip()] or ["auto"]
-    if not nvidia_driver_present():
-        devices = ["cpu" if d.startswith("cuda") else d for d in devices]
-    return [d for d in devices for _ in range(cfg.workers)]
-
-
-def describe_asr_choice(cfg: AsrServiceConfig) -> str:
-    """One loud line: the real model, or which CPU stand-in runs and why."""
-    choice, devices = resolve_asr_service(cfg), ",".join(asr_devices(cfg))
-    asked = "" if devices == cfg.device or cfg.device == "auto" else f" (asked {cfg.device}: no GPU)"
-    if not choice.stand_in:
-        return f"{choice.engine} {choice.model_id} (REAL MODEL from {cfg.model_path}) on {devices}{asked}"
-    return (f"faster-whisper {choice.model_id}: CPU STAND-IN, NOT Fun-ASR-Nano -- {choice.why}; "
-            f"on {devices}{asked}")
-
-
-# AsrChoice.engine -> the worker handler that serves it
-ASR_HANDLERS = {"faster-whisper": "web_demo.server.workers.asr_worker:FasterWhisperHandler",
-                "funasr": "web_demo.server.workers.funasr_worker:FunAsrNanoHandler"}
-
-
-def build_asr_service_engine(cfg: AsrServiceConfig, workers: WorkerConfig) -> AsrEngine:
-    """The ASR service's engine, named by its model id; builds, loads nothing."""
-    choice = resolve_asr_service(cfg)
-    from web_demo.server.engines.local import WorkerAsrEngine
-
-    return WorkerAsrEngine(name=choice.model_id, handler=ASR_HANDLERS[choice.engine],
-                           init_kwargs={"model_dir": choice.model_dir}, devices=asr_devices(cfg),
-                           cfg=workers)
