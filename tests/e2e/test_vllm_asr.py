@@ -139,6 +139,28 @@ def vllm_server(whisper_base_hf: Path, tmp_path_factory: pytest.TempPathFactory)
         _stop(process)
 
 
+def test_converted_whisper_matches_ctranslate2(whisper_base_hf: Path) -> None:
+    """The conversion is lossless: transformers' encoder agrees with CTranslate2's on the same
+    features, and greedy decoding hears the fixture (as faster-whisper does)."""
+    import ctranslate2
+    import numpy as np
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(whisper_base_hf)
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_hf, torch_dtype=torch.float32)
+    reference = ctranslate2.models.Whisper(stand_in_dir("whisper-base"), compute_type="float32")
+    features = processor(pcm_16k("fox"), sampling_rate=MODEL_SAMPLE_RATE,
+                         return_tensors="pt").input_features  # [1, 80, 3000]
+    with torch.inference_mode():
+        ours = model.model.encoder(features).last_hidden_state.numpy()  # [1, 1500, 512]
+        ids = model.generate(features, language="en")
+    theirs = np.asarray(reference.encode(ctranslate2.StorageView.from_array(features.numpy())))
+    assert np.abs(ours - theirs).max() < 1e-2 * np.abs(theirs).max()
+    text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+    assert EXPECTED["fox"] <= words_of(text), text
+
+
 def test_openai_sdk_transcribes_through_vllm(vllm_server: VllmServer) -> None:
     client = openai.OpenAI(base_url=vllm_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
     with (FIXTURES / "speech" / "fox.wav").open("rb") as audio:
