@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up if needed, then runs the whole test suite (no GPU, no network needed).
+# Sets up if needed (the project's .venv, and .venv-vllm for the real-vLLM test), then runs the
+# whole test suite (no GPU; no network once set up).
 #   scripts/run_tests.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup_vllm_cpu.sh
 exec .venv/bin/python -m pytest "$@"
