@@ -84,7 +84,7 @@ async def run_level(send: Callable[[], Awaitable[None]], *, mode: str, max_batch
     return Row(mode, max_batch, workers, concurrency, requests, len(errors), round(wall, 2),
                requests_per_s=round(len(latencies) / wall, 2),
                rtf=round(wall / (len(latencies) * audio_s), 3) if latencies else float("inf"),
-               p50_ms=round(float(np.percentile(ms, 50))), p99_ms=round(float(np.percentile(ms, 99))))
+               p50_ms=round(float(np.percentile(ms, 50)), 1), p99_ms=round(float(np.percentile(ms, 99)), 1))
 
 
 def engine(max_batch: int, workers: int = 1) -> WorkerAsrEngine:
@@ -121,6 +121,9 @@ async def serve(asr: WorkerAsrEngine) -> tuple[web.AppRunner, int]:
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
     await asyncio.wait_for(app[LIFECYCLE].started.wait(), 300)
+    if app[LIFECYCLE].failure:
+        await runner.cleanup()
+        raise RuntimeError(f"the ASR app failed to start: {app[LIFECYCLE].failure}")
     return runner, sock.getsockname()[1]
 
 
@@ -132,7 +135,8 @@ async def bench(args: argparse.Namespace, path: Path) -> list[Row]:
 
     async def level(mode: str, send: Callable[[], Awaitable[None]], max_batch: int, workers: int,
                     concurrency: int) -> None:
-        await send()  # warm: the first decode allocates
+        # Warm at this concurrency: the first batch of each size allocates its buffers.
+        await asyncio.gather(*(send() for _ in range(min(concurrency, args.max_batch))))
         row = await run_level(send, mode=mode, max_batch=max_batch, workers=workers,
                               requests=args.requests, concurrency=concurrency, audio_s=audio_s)
         rows.append(row)
