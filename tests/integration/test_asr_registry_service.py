@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import FormData
 
 from tests.fake_openai_asr import FakeOpenAIAsr
 from tests.fakes import FAST, wait_until
-from tests.helpers import speech_file
+from tests.helpers import FIXTURES, speech_file
+from utils.audio import read_wav, wav_bytes
 from web_demo.server.app import ENGINES, LIFECYCLE, make_app
 from web_demo.server.config import AsrServiceConfig, HttpConfig
 from web_demo.server.engines.asr_registry import load_registry
@@ -26,9 +28,9 @@ pytestmark = pytest.mark.slow
 FOX = speech_file("fox", "wav")
 
 
-def upload(model: str, language: str = "en") -> FormData:
+def upload(model: str, language: str = "en", audio: bytes = FOX) -> FormData:
     form = FormData()
-    form.add_field("file", FOX, filename="fox.wav")
+    form.add_field("file", audio, filename="audio.wav")
     form.add_field("model", model)
     form.add_field("language", language)
     return form
@@ -113,3 +115,33 @@ async def test_a_remote_without_fallback_answers_503_then_recovers(aiohttp_clien
     await wait_until(lambda: model_status(app, "whisper-vllm") == "healthy", timeout=10)
     answer = await (await client.post("/v1/audio/transcriptions", data=upload("whisper-vllm"))).json()
     assert answer["text"] == "from vllm whisper"
+
+
+async def test_long_audio_is_cut_at_silences_and_stitched(aiohttp_client, tmp_path, fakes) -> None:
+    """45 s (the fox sentence three times, 12 s of silence after each) through the service's
+    chunking: every sentence is heard, at its own time, past Whisper's 30 s window."""
+    qwen, whisper = fakes
+    client, app = await registry_service(aiohttp_client, tmp_path, qwen, whisper)
+    chunked = app[ENGINES]["asr"].resolve("whisper-tiny").engine
+    heard_s: list[float] = []  # what the worker was sent, request by request
+    transcribe = chunked.inner.transcribe
+
+    async def recording(request: Any) -> Any:
+        heard_s.append(len(request.pcm_16k) / 16000)
+        return await transcribe(request)
+
+    chunked.inner.transcribe = recording
+    fox, rate = read_wav(FIXTURES / "speech" / "fox.wav")
+    gap = np.zeros(12 * rate, np.float32)
+    long = np.concatenate([fox, gap, fox, gap, fox, gap])
+    form = upload("whisper-tiny", audio=wav_bytes(long, rate))
+    form.add_field("response_format", "verbose_json")
+    response = await client.post("/v1/audio/transcriptions", data=form)
+    body = await response.json()
+    assert response.status == 200, body
+    assert abs(body["duration"] - len(long) / rate) < 0.05
+    assert body["text"].lower().count("fox") == 3, body["text"]
+    starts = [s["start"] for s in body["segments"] if "fox" in s["text"].lower()]
+    sentence_s = (len(fox) + len(gap)) / rate
+    assert [round(s / sentence_s) for s in starts] == [0, 1, 2], starts  # each where it was said
+    assert len(heard_s) >= 2 and max(heard_s) <= 30.0, heard_s  # in chunks Whisper can hear

@@ -25,6 +25,7 @@ from web_demo.server.engines.asr_failover import FailoverAsrEngine
 from web_demo.server.engines.asr_models import AsrModels, SharedAsrEngine
 from web_demo.server.engines.asr_registry import ModelSpec, Registry, RegistryError, RemoteTarget
 from web_demo.server.engines.base import AsrEngine
+from web_demo.server.engines.long_audio import ChunkedAsrEngine
 from web_demo.server.workers.whisper_models import STAND_INS
 
 
@@ -83,11 +84,24 @@ ASR_HANDLERS = {"faster-whisper": "web_demo.server.workers.asr_worker:FasterWhis
 def build_asr_service_engine(cfg: AsrServiceConfig, workers: WorkerConfig) -> AsrEngine:
     """The ASR service's engine, named by its model id; builds, loads nothing."""
     choice = resolve_asr_service(cfg)
+    return chunked(_worker_engine(choice.model_id, choice.engine, choice.model_dir, cfg, workers), cfg)
+
+
+def chunked(engine: AsrEngine, cfg: AsrServiceConfig) -> AsrEngine:
+    """Every served model takes long audio: cut at silences into chunks it can hear."""
+    return ChunkedAsrEngine(engine, max_chunk_s=cfg.max_chunk_s, max_concurrency=cfg.chunk_concurrency,
+                            vad_threshold=cfg.vad_threshold, min_silence_s=cfg.min_silence_s)
+
+
+def _worker_engine(name: str, engine: str, model_dir: str, cfg: AsrServiceConfig,
+                   workers: WorkerConfig) -> AsrEngine:
     from web_demo.server.engines.local import WorkerAsrEngine
 
-    return WorkerAsrEngine(name=choice.model_id, handler=ASR_HANDLERS[choice.engine],
-                           init_kwargs={"model_dir": choice.model_dir}, devices=asr_devices(cfg),
-                           cfg=workers)
+    init: dict[str, object] = {"model_dir": model_dir}
+    if engine == "faster-whisper" and cfg.max_batch is not None:
+        init["max_batch"] = cfg.max_batch
+    return WorkerAsrEngine(name=name, handler=ASR_HANDLERS[engine], init_kwargs=init,
+                           devices=asr_devices(cfg), cfg=workers)
 
 
 def build_registry_models(registry: Registry, cfg: AsrServiceConfig, workers: WorkerConfig, *,
@@ -96,8 +110,9 @@ def build_registry_models(registry: Registry, cfg: AsrServiceConfig, workers: Wo
     served: dict[str, AsrEngine] = {}
     for spec in registry.models.values():
         group = [engines[spec.id], *(engines[other] for other in spec.fallbacks)]
-        served[spec.id] = (FailoverAsrEngine(name=spec.id, engines=group, probe_interval_s=probe_interval_s)
-                           if spec.remote is not None or spec.fallbacks else engines[spec.id])
+        served[spec.id] = chunked(
+            FailoverAsrEngine(name=spec.id, engines=group, probe_interval_s=probe_interval_s)
+            if spec.remote is not None or spec.fallbacks else engines[spec.id], cfg)
     return AsrModels(served, default=registry.default,
                      languages={spec.id: spec.languages for spec in registry.models.values()})
 
@@ -105,11 +120,7 @@ def build_registry_models(registry: Registry, cfg: AsrServiceConfig, workers: Wo
 def _engine(spec: ModelSpec, cfg: AsrServiceConfig, workers: WorkerConfig) -> AsrEngine:
     if spec.remote is not None:
         return _remote_engine(spec.id, spec.remote)
-    from web_demo.server.engines.local import WorkerAsrEngine
-
-    return WorkerAsrEngine(name=spec.id, handler=ASR_HANDLERS[spec.local_engine],
-                           init_kwargs={"model_dir": _local_model_dir(spec, cfg)},
-                           devices=asr_devices(cfg), cfg=workers)
+    return _worker_engine(spec.id, spec.local_engine, _local_model_dir(spec, cfg), cfg, workers)
 
 
 def _remote_engine(name: str, target: RemoteTarget) -> AsrEngine:
