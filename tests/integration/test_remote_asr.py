@@ -141,6 +141,7 @@ async def test_qwen3_request_is_a_chat_with_a_data_url(servers: Any, engines: An
     assert user["role"] == "user" and user["content"][0]["type"] == "audio_url"
     assert user["content"][0]["audio_url"]["url"].startswith("data:audio/wav;base64,")
     assert got.body["temperature"] == 0.3 and "continue_final_message" not in got.body
+    assert got.body["max_tokens"] == 64 + 16  # 0.8 s: a loop ends in tokens, not at the timeout
     assert got.audio_16k is not None
     np.testing.assert_allclose(got.audio_16k, pcm, atol=1 / 16384)
 

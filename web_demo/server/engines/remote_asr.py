@@ -21,6 +21,7 @@ import bisect
 import functools
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -358,6 +359,12 @@ def verbose_segments(raw_segments: Any, raw_words: Any) -> tuple[Segment, ...]:
 _QWEN3_ANSWER = re.compile(r"\s*language\s+([^<]*?)\s*<asr_text>(.*)", re.DOTALL)
 
 
+def max_answer_tokens(duration_s: float) -> int:
+    """A bound on a transcript's tokens, so a generation that loops ends in tokens, not only at
+    the timeout: speech carries well under 16 tokens a second, plus the language prefix."""
+    return 64 + 16 * math.ceil(duration_s)
+
+
 def parse_qwen3_answer(content: str) -> tuple[str | None, str]:
     """A Qwen3-ASR answer -> (ISO language or None, text). An answer without the prefix (the
     language was forced, or another model) is all text."""
@@ -406,7 +413,8 @@ class Qwen3ChatAsrEngine(_RemoteEngine):
         messages.append({"role": "user",
                          "content": [{"type": "audio_url", "audio_url": {"url": data_url}}]})
         body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                "temperature": request.temperature}
+                                "temperature": request.temperature,
+                                "max_tokens": max_answer_tokens(_duration_s(request))}
         if request.language:
             prefix = f"language {qwen3_language_name(request.language)}<asr_text>"
             messages.append({"role": "assistant", "content": prefix})
