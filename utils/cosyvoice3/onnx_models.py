@@ -41,6 +41,10 @@ class OnnxModel:
         self._session: Any = None  # onnxruntime.InferenceSession (ships no types)
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
     def session(self) -> Any:
         with self._lock:
             if self._session is None:
