@@ -1,0 +1,125 @@
+"""CosyVoice3's speech-token sampler: repetition-aware nucleus sampling (RAS) and the
+ignore_eos redraw loop (spec cosyvoice3-tts.md §7.2-7.4, upstream 2db78e7 semantics).
+
+Every draw is one ``torch.multinomial(w, 1, replacement=True)`` on a CPU fp32 tensor, the
+call upstream makes. On CPU torch implements it as K Exp(1) draws from the generator and an
+argmax of w / q, so a run seeded with ``torch.manual_seed(s)`` reproduces upstream token
+for token (given bit-identical log-probs). The sampler therefore always works on CPU, even
+when the LLM runs on a GPU: CUDA multinomial uses Philox and could never match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SPEECH_TOKEN_SIZE = 6561  # ids >= this are sos/eos/task/fill/unused: never accepted before min_len
+MAX_TRIALS = 100
+
+
+class SamplingFailed(RuntimeError):
+    """ignore_eos redraws kept producing stop ids (upstream's RuntimeError, same text)."""
+
+
+@dataclass(frozen=True)
+class RasConfig:
+    """`ras_sampling` arguments; top_k=1, tau_r=2.0 is the goldens' greedy variant."""
+
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or not 0 < self.top_p <= 1 or self.win_size < 0:
+            raise ValueError(f"invalid RAS settings: {self}")
+
+
+GREEDY = RasConfig(top_k=1, tau_r=2.0)  # argmax (lowest index on ties); the fallback cannot fire
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One `ras_sampling` call: the token and how it was chosen."""
+
+    token: int
+    nucleus_size: int
+    fallback: bool  # the nucleus pick repeated within the window; token came from the full vocab
+
+
+@dataclass(frozen=True)
+class SampledId:
+    """One `sampling_ids` call: the accepted token, the number of draws, the last draw."""
+
+    token: int
+    trials: int  # 1 unless ignore_eos rejected stop ids
+    draw: Draw
+
+
+def _as_cpu_logp(logp: Tensor) -> Tensor:
+    assert logp.dim() == 1, f"log-probs of one position expected, got {tuple(logp.shape)}"
+    return logp.detach().to("cpu", torch.float32)
+
+
+def nucleus(logp: Tensor, *, top_p: float, top_k: int) -> tuple[Tensor, Tensor]:
+    """The nucleus as upstream builds it: (ids int64 [K], probs fp32 [K]), best first.
+
+    Entries are taken while the running fp32 sum is below fp32(top_p) and fewer than top_k
+    are taken, so the entry that crosses top_p is included. The sum is accumulated one fp32
+    add at a time like upstream's loop (torch.cumsum would accumulate in double).
+    """
+    probs, ids = _as_cpu_logp(logp).softmax(dim=0).sort(descending=True, stable=True)
+    head = probs[:top_k].tolist()
+    limit, total, k = np.float32(top_p), np.float32(0.0), 0
+    while k < len(head) and total < limit:
+        total = np.float32(total + np.float32(head[k]))
+        k += 1
+    return ids[:k], probs[:k]
+
+
+def nucleus_sampling(logp: Tensor, *, top_p: float, top_k: int,
+                     generator: torch.Generator | None = None) -> tuple[int, int]:
+    """(token, nucleus size): one multinomial draw over the unnormalised nucleus probs."""
+    ids, probs = nucleus(logp, top_p=top_p, top_k=top_k)
+    j = int(torch.multinomial(probs, 1, replacement=True, generator=generator))
+    return int(ids[j]), int(ids.numel())
+
+
+def random_sampling(logp: Tensor, *, generator: torch.Generator | None = None) -> int:
+    """One draw from softmax(logp) over the whole vocabulary (stop ids included)."""
+    probs = _as_cpu_logp(logp).softmax(dim=0)
+    return int(torch.multinomial(probs, 1, replacement=True, generator=generator))
+
+
+def ras_sampling(logp: Tensor, history: Sequence[int], cfg: RasConfig = RasConfig(), *,
+                 generator: torch.Generator | None = None) -> Draw:
+    """Nucleus draw; if it occurs >= win_size * tau_r times in the last win_size emitted
+    tokens, redraw from the full distribution (the repeated token stays possible: 2db78e7)."""
+    token, size = nucleus_sampling(logp, top_p=cfg.top_p, top_k=cfg.top_k, generator=generator)
+    window = history[-cfg.win_size:] if cfg.win_size else ()
+    if sum(1 for t in window if t == token) >= cfg.win_size * cfg.tau_r:
+        return Draw(random_sampling(logp, generator=generator), size, True)
+    return Draw(token, size, False)
+
+
+def sampling_ids(logp: Tensor, history: Sequence[int], cfg: RasConfig = RasConfig(), *,
+                 ignore_eos: bool, speech_token_size: int = SPEECH_TOKEN_SIZE,
+                 max_trials: int = MAX_TRIALS, generator: torch.Generator | None = None) -> SampledId:
+    """Draw until a speech token comes out when ``ignore_eos`` (i.e. before min_len).
+
+    Raises SamplingFailed at the (max_trials + 1)-th rejected draw, as upstream 2db78e7 does:
+    with a peaked distribution whose best entry is a stop id this is the expected outcome.
+    """
+    rejected = 0
+    while True:
+        draw = ras_sampling(logp, history, cfg, generator=generator)
+        if not ignore_eos or draw.token < speech_token_size:
+            return SampledId(draw.token, rejected + 1, draw)
+        rejected += 1
+        if rejected > max_trials:
+            raise SamplingFailed(f"sampling reaches max_trials {max_trials} and still get eos when "
+                                 "ignore_eos is True, check your input!")
