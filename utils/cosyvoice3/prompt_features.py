@@ -169,13 +169,16 @@ def flow_prompt_mel(speech_24k: Tensor, cfg: FlowMelConfig = FLOW_MEL) -> Tensor
     """float32 [1, N] at 24 kHz -> natural-log mel [1, T, 80], T = N // 480 (50 Hz)."""
     _check_wave(speech_24k)
     pad = (cfg.n_fft - cfg.hop) // 2  # centres frames without torch.stft's center padding
+    if speech_24k.shape[1] <= pad:
+        raise ValueError(f"prompt audio too short for a mel frame: {speech_24k.shape[1]} samples")
     padded = torch.nn.functional.pad(speech_24k[:, None], (pad, pad), mode="reflect")[:, 0]  # [1, N+2p]
-    spec = torch.stft(padded, cfg.n_fft, hop_length=cfg.hop, win_length=cfg.win,
-                      window=torch.hann_window(cfg.win), center=False, onesided=True,
-                      return_complex=True)  # [1, F, T]
+    window = torch.hann_window(cfg.win, device=speech_24k.device)
+    spec = torch.stft(padded, cfg.n_fft, hop_length=cfg.hop, win_length=cfg.win, window=window,
+                      center=False, onesided=True, return_complex=True)  # [1, F, T]
     spec = torch.view_as_real(spec)  # [1, F, T, 2]
     magnitude = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)  # the 1e-9 keeps sqrt's gradient finite upstream
     basis = slaney_mel_basis(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)  # [80, F]
+    basis = basis.to(magnitude.device)
     mel = basis @ magnitude  # [1, 80, T]
     return torch.log(torch.clamp(mel, min=1e-5)).transpose(1, 2)  # [1, T, 80]
 
@@ -191,16 +194,21 @@ WHISPER_N_MELS = 128
 def whisper_log_mel(speech_16k: Tensor) -> Tensor:
     """float32 [1, N] at 16 kHz -> [1, 128, N // 160] scaled log10 mel (100 Hz).
 
-    Not `utils.funaudiochat.frontend.LogMelFrontend`: that is transformers' extractor, which pads
-    every clip to 30 s first, so its last frames and its clamp floor (max over the padded clip)
-    differ from what the speech tokenizer was fed upstream."""
+    Not `utils.funaudiochat.frontend.LogMelFrontend`: it pads every clip to 30 s with zeros
+    before the STFT, so its last two frames differ (by 0.05 on the golden prompt) from what the
+    speech tokenizer was fed upstream. (transformers' extractor with padding="longest" agrees,
+    but would pull transformers into the TTS front end for ten lines of torch.)"""
     _check_wave(speech_16k)
     if speech_16k.shape[1] > MAX_PROMPT_SECONDS * TOKENIZER_SAMPLE_RATE:
         raise ValueError(f"prompt audio longer than {MAX_PROMPT_SECONDS} s cannot be tokenized")
-    stft = torch.stft(speech_16k, WHISPER_N_FFT, WHISPER_HOP, window=torch.hann_window(WHISPER_N_FFT),
-                      center=True, pad_mode="reflect", return_complex=True)  # [1, 201, N//160 + 1]
+    if speech_16k.shape[1] <= WHISPER_N_FFT // 2:
+        raise ValueError(f"prompt audio too short for a log-mel frame: {speech_16k.shape[1]} samples")
+    window = torch.hann_window(WHISPER_N_FFT, device=speech_16k.device)
+    stft = torch.stft(speech_16k, WHISPER_N_FFT, WHISPER_HOP, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)  # [1, 201, N//160 + 1]
     power = stft[..., :-1].abs() ** 2  # whisper drops the frame centred past the end
-    mel = slaney_mel_basis(TOKENIZER_SAMPLE_RATE, WHISPER_N_FFT, WHISPER_N_MELS) @ power  # [1, 128, T]
+    basis = slaney_mel_basis(TOKENIZER_SAMPLE_RATE, WHISPER_N_FFT, WHISPER_N_MELS).to(power.device)
+    mel = basis @ power  # [1, 128, T]
     log_spec = torch.clamp(mel, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)  # 80 dB dynamic range over the clip
     return (log_spec + 4.0) / 4.0
@@ -228,7 +236,7 @@ def kaldi_fbank(speech_16k: Tensor) -> Tensor:
     opts.frame_opts.snip_edges = True
     opts.mel_opts.num_bins = FBANK_MEL_BINS
     fbank = knf.OnlineFbank(opts)
-    fbank.accept_waveform(TOKENIZER_SAMPLE_RATE, speech_16k[0].numpy())
+    fbank.accept_waveform(TOKENIZER_SAMPLE_RATE, speech_16k[0].detach().cpu().numpy())
     fbank.input_finished()
     frames = [fbank.get_frame(i) for i in range(fbank.num_frames_ready)]
     if not frames:

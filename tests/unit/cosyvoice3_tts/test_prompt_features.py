@@ -136,9 +136,13 @@ def test_kaldi_fbank_and_mean_removal(golden: tuple[dict[str, torch.Tensor], Pat
     assert max_diff(normed[0], c["kaldi_fbank_meannorm"]) <= FBANK_ATOL
 
 
-def test_kaldi_fbank_needs_one_frame() -> None:
+def test_too_short_audio_is_rejected() -> None:
     with pytest.raises(ValueError, match="too short"):
         pf.kaldi_fbank(torch.zeros(1, 399))
+    with pytest.raises(ValueError, match="too short"):
+        pf.flow_prompt_mel(torch.zeros(1, 720))
+    with pytest.raises(ValueError, match="too short"):
+        pf.whisper_log_mel(torch.zeros(1, 200))
 
 
 # --- ONNX models -------------------------------------------------------------------------------
