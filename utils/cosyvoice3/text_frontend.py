@@ -151,11 +151,23 @@ class WetextNormalizer:
         return cls(fst_dir, graphs)
 
     def normalize(self, text: str) -> str:
+        """TN of `text`; text without a digit is returned as it is.
+
+        When an FST has no path for the text (kaldifst then returns ''; the en tagger does so
+        for a double space or a newline) the text is kept unnormalised. Upstream fails
+        there instead (wetext 0.0.4 asserts on the empty tagging; an empty verbalisation
+        makes split_paragraph raise).
+        """
         if not _DIGIT.search(text):
             return text
         lang: Lang = "zh" if contains_chinese(text) else "en"
         tag, verbalize = self._graphs[lang]
-        return str(verbalize(reorder_tagged(tag(text), lang)))
+        tagged = str(tag(text))
+        spoken = str(verbalize(reorder_tagged(tagged, lang))) if tagged else ""
+        if not spoken:
+            logger.warning("wetext %s found no normalisation for %r; kept as it is", lang, text)
+            return text
+        return spoken
 
 
 def select_backend(

@@ -152,6 +152,12 @@ def test_only_punctuation() -> None:
     assert not is_only_punctuation("Hi! .")
 
 
+def test_wetext_without_a_path_keeps_the_text(frontends: dict[str, TextFrontend]) -> None:
+    # the en tagger has no path through a double space; upstream would fail, we keep the text
+    assert frontends["wetext"].text_normalize("3  spaces", split=False) == "three  spaces"
+    assert frontends["wetext"].text_normalize("no digits  here", split=False) == "no digits  here"
+
+
 def test_wetext_reorder_and_explicit_backend_failure(tmp_path: Any) -> None:
     tagged = 'money { currency: "$" value: "12" } char { value: "x" }'
     assert reorder_tagged(tagged, "zh") == 'money { value: "12" currency: "$" } char { value: "x" }'
