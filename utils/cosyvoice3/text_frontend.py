@@ -39,6 +39,12 @@ SENTENCE_ENDS: dict[Lang, str] = {"zh": "。？！；：、.?!;", "en": ".?!;:"}
 _CLOSING_QUOTES = ('"', "”")
 
 
+class Encoder(Protocol):
+    """What the front end needs of a tokenizer: English segment lengths count its ids."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+
 def contains_chinese(text: str) -> bool:
     """Any CJK unified ideograph (U+4E00..U+9FFF); picks the zh branch here and in wetext."""
     return _CJK.search(text) is not None
@@ -46,10 +52,6 @@ def contains_chinese(text: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # wetext 0.0.4 semantics on kaldifst
-
-
-class Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
 
 
 # Member order the verbalizers expect, per token name (wetext 0.0.4 `TN_ORDERS` and
@@ -265,7 +267,8 @@ def _sentences(text: str, ends: str) -> list[str]:
             if i > start:  # an end right after a cut (e.g. the 2nd "." of "...") is dropped
                 pieces.append(text[start : i + 1])
             if i + 1 < len(text) and text[i + 1] in _CLOSING_QUOTES:
-                # Upstream moves the quote onto the last piece even when this end emitted none.
+                # The quote joins the last piece even when this end emitted none (upstream
+                # raises when there is no piece yet; we start one).
                 if pieces:
                     pieces[-1] += text[i + 1]
                 else:

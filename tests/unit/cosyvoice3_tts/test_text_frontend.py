@@ -220,3 +220,11 @@ def test_sft_and_unnormalised_prompt(frontends: dict[str, TextFrontend]) -> None
     assert fe.tokenizer.encode("今天25度。") == list(cached.prompt_ids)
     (normalised,) = zero_shot(fe, MODE_INPUTS["tts_text"], "今天25度。")
     assert normalised.prompt_ids == tuple(fe.tokenizer.encode("今天二十五度。"))
+
+
+def test_e2e_case_text_ids_are_the_zero_shot_ones(frontends: dict[str, TextFrontend]) -> None:
+    # e2e_zero_shot ran inference_zero_shot on the same texts; its text tensors are ours too
+    e2e = case("e2e_zero_shot")
+    (run,) = _mode_runs(frontends["wetext"], "zero_shot")
+    assert e2e["tts_text"].tolist() == list(run.text_ids)
+    assert e2e["prompt_text"].tolist() == list(run.prompt_ids)
