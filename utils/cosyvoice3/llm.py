@@ -110,10 +110,13 @@ def place(lm: CosyVoice3LM, device: torch.device, dtype: torch.dtype) -> CosyVoi
     angles in fp32, but a cast would already have rounded inv_freq)."""
     if device.type == "cpu" and dtype != torch.float32:
         raise ValueError(f"{dtype} is only supported on CUDA; use float32 on CPU")
-    # a fresh RoPE module: exact fp32 frequencies, and real ones after a meta-device build
-    lm.llm.decoder.rotary_emb = Qwen2RotaryEmbedding(config=lm.cfg.qwen2_config(), device=device)
+    qwen2 = lm.cfg.qwen2_config()
+    # a meta-device build has a meta inv_freq buffer, which .to() cannot move
+    lm.llm.decoder.rotary_emb = Qwen2RotaryEmbedding(config=qwen2)
     lm.to(device=device, dtype=dtype)
+    lm.llm.model.tie_weights()  # a move may create new Parameters; keep one text-embedding copy
     lm.llm_decoder.float()
-    lm.llm.decoder.rotary_emb.float()
+    # rebuilt after the cast: .float() on a bf16-cast buffer would keep the rounded values
+    lm.llm.decoder.rotary_emb = Qwen2RotaryEmbedding(config=qwen2, device=device)
     lm.eval().requires_grad_(False)
     return lm

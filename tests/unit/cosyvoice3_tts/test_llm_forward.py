@@ -95,3 +95,17 @@ def test_one_kv_cached_step() -> None:
 def test_cpu_refuses_half_precision() -> None:
     with pytest.raises(ValueError, match="only supported on CUDA"):
         place(tiny_lm(), torch.device("cpu"), torch.bfloat16)
+
+
+
+def test_half_precision_placement_keeps_head_and_rope_fp32() -> None:
+    """The GPU layout, dtypes only: placed on the meta device, since CPU refuses bf16."""
+    lm = load_llm_files(FIXTURES / "config" / "tiny_llm_config.json",
+                        FIXTURES / "weights" / "tiny_llm.safetensors")
+    place(lm, torch.device("meta"), torch.bfloat16)
+    assert lm.speech_embedding.weight.dtype == torch.bfloat16
+    assert lm.llm.decoder.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert lm.llm_decoder.weight.dtype == torch.float32
+    rope = lm.llm.decoder.rotary_emb.inv_freq
+    assert (rope.device.type, rope.dtype) == ("meta", torch.float32)
+    assert lm.llm.model.lm_head.weight is lm.llm.decoder.embed_tokens.weight
