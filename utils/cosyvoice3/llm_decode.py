@@ -84,19 +84,31 @@ class TokenDecoder:
         """Run one LLM step; raises SamplingFailed as described in the module docstring."""
         if self.end is not None:
             raise RuntimeError(f"decoding already ended ({self.end})")
-        i = len(self.tokens)
         logp, hidden, self._cache = self.lm.step(self._next_input, self._cache)
-        logp_cpu = logp[0].to("cpu", torch.float32)
+        return self.accept(logp[0], hidden[0])
+
+    def accept(self, logp: Tensor, hidden: Tensor) -> DecodeStep:
+        """The sampling half of `step`, for log-probs [V] / hidden [D] of the next position
+        computed elsewhere (a batched step over many requests, tts_scheduler.py)."""
+        if self.end is not None:
+            raise RuntimeError(f"decoding already ended ({self.end})")
+        i = len(self.tokens)
+        logp_cpu = logp.to("cpu", torch.float32)
         sampled = sampling_ids(logp_cpu, self.tokens, self.sampler, ignore_eos=i < self.limits.min_len,
                                speech_token_size=self.lm.cfg.speech_token_size, generator=self.generator)
         if sampled.token in self._stop:
             self._finish("stop")
-            return DecodeStep(i, None, sampled, logp_cpu, hidden[0])
+            return DecodeStep(i, None, sampled, logp_cpu, hidden)
         self.tokens.append(sampled.token)
         self._next_input = self.lm.embed_speech([sampled.token])  # [1, 1, D]
         if len(self.tokens) >= self.limits.max_len:
             self._finish("max_len")
-        return DecodeStep(i, sampled.token, sampled, logp_cpu, hidden[0])
+        return DecodeStep(i, sampled.token, sampled, logp_cpu, hidden)
+
+    def take_cache(self) -> DynamicCache | None:
+        """Hand the KV cache over (to a batch); this decoder then only samples, via `accept`."""
+        cache, self._cache = self._cache, None
+        return cache
 
     def _finish(self, reason: EndReason) -> None:
         self.end = reason
