@@ -174,8 +174,11 @@ class CausalFlow(nn.Module):
         return mel[:, :, n_feat:]
 
     def chunk(self, tokens: torch.Tensor, start: int, end: int, spks: torch.Tensor,
-              caches: list[DiTCache]) -> torch.Tensor:
-        """Mel [1, 80, ratio*(end-start)] for tokens [start, end) of a prompt-free stream.
+              caches: list[DiTCache], cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Mel [1, 80, ratio*(end-start)] for tokens [start, end) of a stream.
+
+        `cond` [1, 80, ratio*(end-start)] is the chunk's slice of the prompt-mel condition
+        (zeros past the prompt); None for a prompt-free stream.
 
         `tokens` [1, M] holds everything received; tokens [end, end+3) that exist are real
         lookahead, missing ones are the zeros of the final call. [start, end) must be one
@@ -195,4 +198,5 @@ class CausalFlow(nn.Module):
             return estimator.forward_chunk(x, m, t, s, c, caches[step])
 
         z = self.decoder.noise(ratio * start, mu.shape[2])
-        return self.decoder.solve(z, mu, spks, torch.zeros_like(mu), velocity)
+        cond = torch.zeros_like(mu) if cond is None else cond.to(mu)
+        return self.decoder.solve(z, mu, spks, cond, velocity)
