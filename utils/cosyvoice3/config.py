@@ -173,12 +173,13 @@ def _resolve(value: Any, doc: dict[str, Any]) -> Any:
     return value
 
 
-def load_release_yaml(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read `cosyvoice3.yaml` and return the resolved `flow` and `hift` trees only."""
+def load_release_yaml(path: str | Path, sections: tuple[str, ...] = ("flow", "hift")) -> dict[str, Any]:
+    """Read `cosyvoice3.yaml` and return the resolved trees of `sections` only."""
     doc = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_HyperYamlLoader)
-    if not isinstance(doc, dict) or "flow" not in doc or "hift" not in doc:
-        raise ValueError(f"{path}: expected top-level 'flow' and 'hift' entries")
-    return {"flow": _resolve(doc["flow"], doc), "hift": _resolve(doc["hift"], doc)}
+    missing = [name for name in sections if not isinstance(doc, dict) or name not in doc]
+    if missing:
+        raise ValueError(f"{path}: expected top-level {', '.join(map(repr, missing))} entries")
+    return {name: _resolve(doc[name], doc) for name in sections}
 
 
 def load_json_tree(path: str | Path) -> dict[str, Any]:

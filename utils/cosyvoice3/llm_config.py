@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers.models.qwen2 import Qwen2Config  # transformers' lazy __init__ hides it from mypy
 
 # the yaml reader of the token2wav half (keeps hyperpyyaml tags as data, resolves !ref)
-from .config import _HyperYamlLoader, _resolve
+from .config import load_release_yaml
 from .ras_sampling import RasConfig
 
 # Qwen2Config fields that decide the math or the parameter shapes; everything else in a
@@ -126,9 +125,7 @@ def llm_config_from_json(path: str | Path) -> LLMConfig:
 def llm_config_from_release(model_dir: str | Path) -> LLMConfig:
     """The release layout: `cosyvoice3.yaml` llm section + `CosyVoice-BlankEN/config.json`."""
     root = Path(model_dir)
-    doc = yaml.load((root / "cosyvoice3.yaml").read_text(encoding="utf-8"), Loader=_HyperYamlLoader)
-    if not isinstance(doc, dict) or "llm" not in doc:
-        raise ValueError(f"{root / 'cosyvoice3.yaml'}: no top-level 'llm' entry")
-    args = _check_class(_resolve(doc["llm"], doc), root / "cosyvoice3.yaml")
+    llm = load_release_yaml(root / "cosyvoice3.yaml", sections=("llm",))["llm"]
+    args = _check_class(llm, root / "cosyvoice3.yaml")
     qwen2 = json.loads((root / "CosyVoice-BlankEN" / "config.json").read_text(encoding="utf-8"))
     return _from_tree(args, qwen2)
