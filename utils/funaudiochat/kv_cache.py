@@ -149,18 +149,27 @@ class BatchKVCache:
         return self._len_t[:, None]  # [B, 1]
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        assert q.shape[0] == self.num_rows and q.shape[2] == 1, (q.shape, self.num_rows)
+        keys, values = self.store(layer, k, v)
+        return gqa_attention(q, keys, values, self.pass_mask(q.device)[:, None, None, :])
+
+    def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this pass's k, v [B, K, 1, hd] at each row's length; returns the keys and values
+        the pass attends to, [B, K, span, hd] with span = max length + 1 (see ``pass_mask``)."""
         b = self.num_rows
-        assert q.shape[0] == b and q.shape[2] == 1, (q.shape, b)
+        assert k.shape[0] == b and k.shape[2] == 1, (k.shape, b)
         if layer == 0:
             self._ensure(b, max(self.lengths) + 1)
-        rows = torch.arange(b, device=q.device)
+        rows = torch.arange(b, device=k.device)
         self.keys[layer][rows, :, self._len_t] = k[:, :, 0]
         self.values[layer][rows, :, self._len_t] = v[:, :, 0]
         span = max(self.lengths) + 1
-        mask = torch.arange(span, device=q.device)[None] <= self._len_t[:, None]  # [B, span]
-        keys = self.keys[layer][:b, :, :span]  # [B, K, span, hd]
-        values = self.values[layer][:b, :, :span]
-        return gqa_attention(q, keys, values, mask[:, None, None, :])
+        return self.keys[layer][:b, :, :span], self.values[layer][:b, :, :span]
+
+    def pass_mask(self, device: torch.device) -> Tensor:
+        """bool [B, span], True = attend: each row's own positions and its new one."""
+        span = max(self.lengths) + 1
+        return torch.arange(span, device=device)[None] <= self._len_t[:, None]
 
     def advance(self, n: int) -> None:
         assert n == 1
