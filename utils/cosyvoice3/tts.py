@@ -1,8 +1,8 @@
 """Command line: CosyVoice3 text -> 24 kHz wav (the library is synthesizer.py).
 
-    python -m utils.cosyvoice3.tts --model-dir DIR --text "..." \
-        --mode zero_shot|cross_lingual|instruct2|sft \
-        [--prompt-wav W --prompt-text T | --speaker S] [--instruct "..."] [--seed N] \
+    python -m utils.cosyvoice3.tts --model-dir DIR --text "..." \\
+        --mode zero_shot|cross_lingual|instruct2|sft \\
+        [--prompt-wav W --prompt-text T | --speaker S] [--instruct "..."] [--seed N] \\
         [--stream [--schedule cached|upstream]] --out OUT.wav [--save-speaker SPK.safetensors]
 
 `--speaker` is a speaker id shipped in the model's spk2info.pt or a saved speaker file.
