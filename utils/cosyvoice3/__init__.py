@@ -1,7 +1,10 @@
-"""CosyVoice3 token->waveform half (flow-matching DiT + causal HiFT), our implementation.
+"""CosyVoice3, our implementation.
 
-Entry points: `Token2Wav.from_model_dir(dir, device=..., dtype=...)`, then
-`new_stream(mode)` per reply; see streaming.py.
+- token -> waveform (flow-matching DiT + causal HiFT): `Token2Wav.from_model_dir(dir,
+  device=..., dtype=...)`, then `new_stream(mode)` per reply; see streaming.py. Exported here.
+- text -> speech tokens -> waveform: `synthesizer.CosyVoice3Tts.from_model_dir(dir)` (text
+  front end, prompt features, the LLM and its sampler, speakers); not imported here, so the
+  vocoder alone does not pay for transformers and the front end.
 """
 
 from __future__ import annotations
