@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cv3_golden import MODEL_DIR, SINE_SAMPLES, case
 
+from tests.cv3_golden import MODEL_DIR, SINE_SAMPLES, case
 from utils.cosyvoice3 import Token2Wav
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from cv3_golden import MODEL_DIR, SPEECH_ATOL, assert_close, case, manifest
+
+from tests.cv3_golden import MODEL_DIR, SPEECH_ATOL, assert_close, case, manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from cv3_golden import FIXTURES, manifest
 from safetensors.torch import load_file
 
+from tests.cv3_golden import FIXTURES, manifest
 from utils.cosyvoice3.config import (
     flow_config_from_tree,
     hift_config_from_tree,

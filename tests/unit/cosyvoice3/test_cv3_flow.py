@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cv3_golden import FLOW_ATOL, assert_close, case
 
+from tests.cv3_golden import FLOW_ATOL, assert_close, case
 from utils.cosyvoice3 import Token2Wav
 from utils.cosyvoice3.dit import DiTCache
 

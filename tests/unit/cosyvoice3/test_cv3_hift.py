@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cv3_golden import F0_ATOL, SOURCE_ATOL, SPEECH_ATOL, STFT_ATOL, assert_close, case, manifest
 
+from tests.cv3_golden import F0_ATOL, SOURCE_ATOL, SPEECH_ATOL, STFT_ATOL, assert_close, case, manifest
 from utils.cosyvoice3 import Token2Wav
 from utils.cosyvoice3.hift import HiftState
 

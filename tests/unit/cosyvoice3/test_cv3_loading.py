@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cv3_golden import FIXTURES, MODEL_DIR, SPEECH_ATOL, assert_close, case
 from safetensors.torch import load_file, save_file
 
+from tests.cv3_golden import FIXTURES, MODEL_DIR, SPEECH_ATOL, assert_close, case
 from utils.cosyvoice3 import StateDictMismatch, Token2Wav
 from utils.cosyvoice3.config import flow_config_from_tree, hift_config_from_tree, load_json_tree
 from utils.cosyvoice3.loading import expected_shapes, find_model_files

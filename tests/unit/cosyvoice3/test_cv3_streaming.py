@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cv3_golden import CASES, FLOW_ATOL, SPEECH_ATOL, assert_close, case, manifest
 
+from tests.cv3_golden import CASES, FLOW_ATOL, SPEECH_ATOL, assert_close, case, manifest
 from utils.cosyvoice3 import StreamMode, Token2Wav
 from utils.cosyvoice3.hift import HiftState
 from utils.cosyvoice3.streaming import FunAudioChatStream
@@ -212,7 +212,7 @@ def test_stream_api_errors(model: Token2Wav, embedding: torch.Tensor) -> None:
 def test_left_chunk_limit_matches_limited_chunk_mask(tokens: list[int], embedding: torch.Tensor) -> None:
     """With num_decoding_left_chunks = 1 the cached stream keeps one earlier chunk of keys
     and equals the whole-sequence flow under the same limited chunk mask."""
-    from cv3_golden import MODEL_DIR, SINE_SAMPLES
+    from tests.cv3_golden import MODEL_DIR, SINE_SAMPLES
 
     limited = Token2Wav.from_model_dir(MODEL_DIR, sine_samples=SINE_SAMPLES, left_chunks=1)
     inp = case("inputs")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
-from fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
 
+from tests.fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
 from utils.funaudiochat import FunAudioChatRuntime, load_model
 
 

@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 
-from fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
-
+from tests.fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
 from utils.funaudiochat import generate
 
 REPO = FIXTURES.parents[2]

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
 from safetensors.torch import load_file, save_file
 
+from tests.fac_golden import FIXTURES, MODEL_DIR, TOKENIZER_DIR
 from utils.funaudiochat import CheckpointError, FunAudioChatConfig, load_model
 from utils.funaudiochat.modeling import FunAudioChatModel
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fac_golden import wav
 
+from tests.fac_golden import wav
 from utils.funaudiochat import ConversationState, SamplingParams, UserTurn, stream_turn
 
 GREEDY = SamplingParams(top_k=1, max_steps=4)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from fac_golden import FIXTURES, assert_close, case, wav
 
+from tests.fac_golden import FIXTURES, assert_close, case, wav
 from utils.funaudiochat import ConversationState, SamplingParams, UserTurn, stream_turn
 from utils.funaudiochat.frontend import frames_25hz
 from utils.funaudiochat.kv_cache import PrefixKVCache

@@ -6,8 +6,8 @@ import asyncio
 import itertools
 
 import pytest
-from fac_golden import wav
 
+from tests.fac_golden import wav
 from utils.funaudiochat import ConversationState, SamplingParams, Scheduler, UserTurn, stream_turn
 
 

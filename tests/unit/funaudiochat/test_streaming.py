@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 import torch
-from fac_golden import wav
 
+from tests.fac_golden import wav
 from utils.funaudiochat import ConversationState, SamplingParams, UserTurn, stream_turn
 from utils.funaudiochat.prompt import S2T_SYSTEM_PROMPT, SPOKEN_S2M_SYSTEM_PROMPT
 from utils.funaudiochat.sampling import ChoiceRow, choose, make_generator

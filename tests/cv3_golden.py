@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "cosyvoice3"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cosyvoice3"
 MODEL_DIR = FIXTURES / "tiny_model"
 CASES = FIXTURES / "cases"
 

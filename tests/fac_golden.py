@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "funaudiochat"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "funaudiochat"
 MODEL_DIR = FIXTURES / "model"
 TOKENIZER_DIR = FIXTURES / "tokenizers" / "substitute_text_tokenizer"
 
