@@ -12,9 +12,14 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from utils.cosyvoice3.llm import CosyVoice3LM
+from utils.cosyvoice3.llm_loading import load_llm_files
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cosyvoice3_tts"
 CASES = FIXTURES / "cases"
 TOKEN2WAV_MODEL_DIR = Path(__file__).resolve().parent / "fixtures" / "cosyvoice3" / "tiny_model"
+REPO = Path(__file__).resolve().parent.parent
+PROMPT_WAV = FIXTURES / "audio" / "prompt_24k.wav"
 
 # The README's suggested tolerances (observed floors with margin); ids, strings and tokens: exact.
 HIDDEN_ATOL = 2e-5
@@ -44,6 +49,17 @@ def case_metadata(name: str) -> dict[str, str]:
 @cache
 def manifest() -> dict[str, Any]:
     return dict(json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8")))
+
+
+# The texts each mode was given (text_frontend's notes), for the end-to-end cases.
+MODE_INPUTS: dict[str, str] = json.loads(case_metadata("text_frontend")["notes"])["mode_inputs"]
+
+
+@cache
+def tiny_lm() -> CosyVoice3LM:
+    """The tiny LLM of the goldens (sampler top_k 25), loaded once per test process."""
+    return load_llm_files(FIXTURES / "config" / "tiny_llm_config.json",
+                          FIXTURES / "weights" / "tiny_llm.safetensors")
 
 
 def max_diff(got: torch.Tensor | np.ndarray, want: torch.Tensor | np.ndarray) -> float:

@@ -3,25 +3,12 @@ llm_generate_greedy): input layout, Qwen2 hidden states, head logits, log-probs,
 
 from __future__ import annotations
 
-from functools import cache
-
 import pytest
 import torch
 
-from tests.tts_golden import FIXTURES, HIDDEN_ATOL, LOGP_ATOL, case, max_diff
-from utils.cosyvoice3.llm import CosyVoice3LM, place
+from tests.tts_golden import FIXTURES, HIDDEN_ATOL, LOGP_ATOL, case, max_diff, tiny_lm
+from utils.cosyvoice3.llm import place
 from utils.cosyvoice3.llm_loading import load_llm_files
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)  # the goldens' thread count
-
-
-@cache
-def tiny_lm() -> CosyVoice3LM:
-    return load_llm_files(FIXTURES / "config" / "tiny_llm_config.json",
-                          FIXTURES / "weights" / "tiny_llm.safetensors")
 
 
 def zero_shot_input() -> torch.Tensor:
@@ -95,7 +82,6 @@ def test_one_kv_cached_step() -> None:
 def test_cpu_refuses_half_precision() -> None:
     with pytest.raises(ValueError, match="only supported on CUDA"):
         place(tiny_lm(), torch.device("cpu"), torch.bfloat16)
-
 
 
 def test_half_precision_placement_keeps_head_and_rope_fp32() -> None:

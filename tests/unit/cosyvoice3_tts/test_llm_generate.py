@@ -4,31 +4,17 @@ llm_generate_ras): greedy steps, layouts, the length rules, the min_len failure,
 from __future__ import annotations
 
 import json
-from functools import cache
 
 import pytest
 import torch
 
-from tests.tts_golden import FIXTURES, HIDDEN_ATOL, LOGP_ATOL, case, case_metadata, max_diff
-from utils.cosyvoice3.llm import CosyVoice3LM
+from tests.tts_golden import HIDDEN_ATOL, LOGP_ATOL, case, case_metadata, max_diff, tiny_lm
 from utils.cosyvoice3.llm_decode import DecodeStep, LengthLimits, TokenDecoder, generate_speech_tokens
-from utils.cosyvoice3.llm_loading import load_llm_files
 from utils.cosyvoice3.ras_sampling import GREEDY, SampledId, SamplingFailed, sampling_ids
 
 GREEDY_NOTES = json.loads(case_metadata("llm_generate_greedy")["notes"])
 RAS_NOTES = json.loads(case_metadata("llm_generate_ras")["notes"])
 MAX_TRIALS_ERROR = "sampling reaches max_trials 100 and still get eos when ignore_eos is True"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)  # the goldens' thread count
-
-
-@cache
-def tiny_lm() -> CosyVoice3LM:
-    return load_llm_files(FIXTURES / "config" / "tiny_llm_config.json",
-                          FIXTURES / "weights" / "tiny_llm.safetensors")
 
 
 def zero_shot(tts_ids: list[int]) -> tuple[torch.Tensor, LengthLimits]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.cosyvoice3_tts_tiny import SINE_SAMPLES, tiny_tts_dir
-from tests.tts_golden import FIXTURES, WAVE_ATOL, case, case_metadata, max_diff
+from tests.tts_golden import MODE_INPUTS, PROMPT_WAV, REPO, WAVE_ATOL, case, max_diff
 from utils.cosyvoice3.speakers import (
     Speaker,
     load_speaker,
@@ -23,15 +22,6 @@ from utils.cosyvoice3.speakers import (
     spk2info_entry,
 )
 from utils.cosyvoice3.synthesizer import CosyVoice3Tts
-
-REPO = Path(__file__).resolve().parents[3]
-MODE_INPUTS = json.loads(case_metadata("text_frontend")["notes"])["mode_inputs"]
-PROMPT_WAV = FIXTURES / "audio" / "prompt_24k.wav"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

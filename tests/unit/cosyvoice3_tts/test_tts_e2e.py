@@ -16,7 +16,17 @@ import soundfile as sf
 import torch
 
 from tests.cosyvoice3_tts_tiny import SINE_SAMPLES, tiny_release_dir, tiny_tts_dir
-from tests.tts_golden import FIXTURES, PROMPT_MEL_ATOL, WAVE_ATOL, case, case_metadata, manifest, max_diff
+from tests.tts_golden import (
+    MODE_INPUTS,
+    PROMPT_MEL_ATOL,
+    PROMPT_WAV,
+    REPO,
+    WAVE_ATOL,
+    case,
+    case_metadata,
+    manifest,
+    max_diff,
+)
 from utils.cosyvoice3.speakers import Speaker
 from utils.cosyvoice3.synthesizer import CosyVoice3Tts, sentences
 from utils.cosyvoice3.tts_token2wav import (
@@ -26,16 +36,8 @@ from utils.cosyvoice3.tts_token2wav import (
     offline_prompted,
 )
 
-REPO = Path(__file__).resolve().parents[3]
-MODE_INPUTS = json.loads(case_metadata("text_frontend")["notes"])["mode_inputs"]
-PROMPT_WAV = FIXTURES / "audio" / "prompt_24k.wav"
 FLOW_MEL_ATOL = 2e-5  # the token2wav goldens' flow tolerance
 EMBEDDING_ATOL = 1e-5  # tiny campplus on a 5e-4 fbank (test_prompt_features)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)  # the goldens' thread count
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,12 @@ from functools import cache
 import pytest
 import torch
 
-from tests.tts_golden import FIXTURES, LOGP_ATOL, case, max_diff
-from utils.cosyvoice3.llm import CosyVoice3LM
+from tests.tts_golden import LOGP_ATOL, case, max_diff, tiny_lm
 from utils.cosyvoice3.llm_decode import DecodeStep, LengthLimits, TokenDecoder
-from utils.cosyvoice3.llm_loading import load_llm_files
 from utils.cosyvoice3.ras_sampling import GREEDY, RasConfig, SamplingFailed
 from utils.cosyvoice3.tts_scheduler import TokenStream, TTSScheduler
 
 RAS_SEED = 1986  # llm_generate_ras
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)  # the goldens' thread count
-
-
-@cache
-def tiny_lm() -> CosyVoice3LM:
-    return load_llm_files(FIXTURES / "config" / "tiny_llm_config.json",
-                          FIXTURES / "weights" / "tiny_llm.safetensors")
 
 
 @dataclass(frozen=True)
