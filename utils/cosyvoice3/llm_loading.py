@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .llm import CosyVoice3LM, place
 from .llm_config import LLMConfig, llm_config_from_json, llm_config_from_release
-from .loading import Shapes, StateDictMismatch, check_state_dict, read_state_dict, state_shapes
+from .loading import Shapes, StateDictMismatch, check_state_dict, find_file, read_state_dict, state_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ def build_llm(cfg: LLMConfig, state: dict[str, Tensor], *, device: str | torch.d
     return place(lm, torch.device(device), dtype)  # also rebuilds the (meta) RoPE buffer
 
 
-def _one(root: Path, suffix: str) -> Path | None:
-    exact = root / suffix
-    if exact.is_file():
-        return exact
-    matches = sorted(root.glob(f"*_{suffix}"))
-    if len(matches) > 1:
-        raise FileNotFoundError(f"{root}: several files match *_{suffix}: {[m.name for m in matches]}")
-    return matches[0] if matches else None
-
 
 def load_llm_files(config_path: str | Path, weights_path: str | Path, *,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> CosyVoice3LM:
@@ -98,7 +89,7 @@ def load_llm(model_dir: str | Path, *, device: str | torch.device = "cpu",
         lm = build_llm(cfg, read_state_dict(weights), device=device, dtype=dtype, what="llm (llm.pt)")
         logger.info("loaded CosyVoice3LM (release layout) from %s on %s/%s", root, device, dtype)
         return lm
-    config, state = _one(root, "llm_config.json"), _one(root, "llm.safetensors")
+    config, state = find_file(root, "llm_config.json"), find_file(root, "llm.safetensors")
     if config is None or state is None:
         raise FileNotFoundError(f"{root}: no cosyvoice3.yaml, and no llm_config.json + llm.safetensors")
     return load_llm_files(config, state, device=device, dtype=dtype)

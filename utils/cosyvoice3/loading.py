@@ -50,7 +50,8 @@ class ModelFiles:
     spk2info: Path | None
 
 
-def _one(model_dir: Path, suffix: str) -> Path | None:
+def find_file(model_dir: Path, suffix: str) -> Path | None:
+    """`suffix` itself in model_dir, else the one `*_suffix` (the test layout's `tiny_` names)."""
     exact = model_dir / suffix
     if exact.is_file():
         return exact
@@ -72,7 +73,7 @@ def find_model_files(model_dir: str | Path) -> ModelFiles:
         files = ModelFiles("release", flow_config_from_tree(trees["flow"]),
                            hift_config_from_tree(trees["hift"]), root / "flow.pt", root / "hift.pt", spk)
     else:
-        found = {s: _one(root, s) for s in ("flow_config.json", "hift_config.json",
+        found = {s: find_file(root, s) for s in ("flow_config.json", "hift_config.json",
                                              "flow.safetensors", "hift.safetensors")}
         missing = [s for s, p in found.items() if p is None]
         if missing:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .loading import _one
+from .loading import find_file
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ class PromptEncoders:
         """Find both files (a common prefix such as `tiny_` is allowed, as in loading.py). Nothing is
         loaded yet. use_cuda None: the tokenizer follows torch.cuda.is_available(), as upstream."""
         model_dir = Path(model_dir)
-        tokenizer_path = _one(model_dir, SPEECH_TOKENIZER_FILE)
-        campplus_path = _one(model_dir, CAMPPLUS_FILE)
+        tokenizer_path = find_file(model_dir, SPEECH_TOKENIZER_FILE)
+        campplus_path = find_file(model_dir, CAMPPLUS_FILE)
         missing = [name for name, path in ((SPEECH_TOKENIZER_FILE, tokenizer_path),
                                            (CAMPPLUS_FILE, campplus_path)) if path is None]
         if tokenizer_path is None or campplus_path is None:
