@@ -193,8 +193,10 @@ class FailoverAsrEngine:
 
     def health(self) -> dict[str, Any]:
         """healthy: every engine is up; dead: every breaker is open; else degraded. `serving`
-        names the engine the next request goes to."""
-        engines = [self._member_health(m) for m in self._members]
+        names the engine the next request goes to; `workers` holds the local members' worker
+        reports (for /metrics; remote members have none)."""
+        raws = [m.engine.health() for m in self._members]  # once each: a pool's report is not free
+        engines = [self._member_health(m, raw) for m, raw in zip(self._members, raws, strict=True)]
         if all(m.breaker.is_open for m in self._members):
             status = "dead"
         elif all(e["breaker"] == "closed" and e["status"] == "healthy" for e in engines):
@@ -203,22 +205,13 @@ class FailoverAsrEngine:
             status = "degraded"
         serving = next((e for e in engines if e["breaker"] == "closed"), None)
         shown = serving or engines[0]
+        workers = {m.engine.name: raw for m, raw in zip(self._members, raws, strict=True) if "alive" in raw}
         return {"status": status, "model": shown["model"], "device": shown["device"],
                 "engine": "failover", "serving": serving["engine"] if serving else None,
-                "engines": engines, "workers": self._worker_reports()}
-
-    def _worker_reports(self) -> dict[str, Any]:
-        """The members' worker-process reports, for /metrics (remote members have none)."""
-        reports = {}
-        for member in self._members:
-            raw = member.engine.health()
-            if "alive" in raw:
-                reports[member.engine.name] = raw
-        return reports
+                "engines": engines, "workers": workers}
 
     @staticmethod
-    def _member_health(member: _Member) -> dict[str, Any]:
-        raw = member.engine.health()
+    def _member_health(member: _Member, raw: dict[str, Any]) -> dict[str, Any]:
         return {"engine": member.engine.name, "breaker": "open" if member.breaker.is_open else "closed",
                 "failures": member.breaker.failures, "status": _reported_status(raw),
                 "model": raw.get("model"), "device": raw.get("device"),
