@@ -23,7 +23,7 @@ from transformers.cache_utils import DynamicCache
 
 from .llm import CosyVoice3LM
 from .llm_config import LLMConfig
-from .ras_sampling import RasConfig, SampledId, sampling_ids
+from .ras_sampling import Distribution, RasConfig, SampledId, sampling_ids
 
 EndReason = Literal["stop", "max_len"]
 
@@ -71,7 +71,7 @@ class TokenDecoder:
         self.generator = generator
         self.tokens: list[int] = []
         self.end: EndReason | None = None if limits.max_len > 0 else "max_len"  # upstream: no step
-        self._next_input = lm_input
+        self._prefill: Tensor | None = lm_input  # the first step's input; later ones embed the last token
         self._cache: DynamicCache | None = None
         self._stop = lm.cfg.stop_token_ids
 
@@ -84,23 +84,26 @@ class TokenDecoder:
         """Run one LLM step; raises SamplingFailed as described in the module docstring."""
         if self.end is not None:
             raise RuntimeError(f"decoding already ended ({self.end})")
-        logp, hidden, self._cache = self.lm.step(self._next_input, self._cache)
+        x = self._prefill if self._prefill is not None else self.lm.embed_speech(self.tokens[-1:])
+        self._prefill = None
+        logp, hidden, self._cache = self.lm.step(x, self._cache)
         return self.accept(logp[0], hidden[0])
 
-    def accept(self, logp: Tensor, hidden: Tensor) -> DecodeStep:
+    def accept(self, logp: Tensor, hidden: Tensor, dist: Distribution | None = None) -> DecodeStep:
         """The sampling half of `step`, for log-probs [V] / hidden [D] of the next position
-        computed elsewhere (a batched step over many requests, tts_scheduler.py)."""
+        computed elsewhere (a batched step over many requests, tts_scheduler.py), which may
+        also pass the position's sampler Distribution, computed for all rows at once."""
         if self.end is not None:
             raise RuntimeError(f"decoding already ended ({self.end})")
         i = len(self.tokens)
         logp_cpu = logp.to("cpu", torch.float32)
-        sampled = sampling_ids(logp_cpu, self.tokens, self.sampler, ignore_eos=i < self.limits.min_len,
+        sampled = sampling_ids(logp_cpu if dist is None else dist, self.tokens, self.sampler,
+                               ignore_eos=i < self.limits.min_len,
                                speech_token_size=self.lm.cfg.speech_token_size, generator=self.generator)
         if sampled.token in self._stop:
             self._finish("stop")
             return DecodeStep(i, None, sampled, logp_cpu, hidden)
         self.tokens.append(sampled.token)
-        self._next_input = self.lm.embed_speech([sampled.token])  # [1, 1, D]
         if len(self.tokens) >= self.limits.max_len:
             self._finish("max_len")
         return DecodeStep(i, sampled.token, sampled, logp_cpu, hidden)

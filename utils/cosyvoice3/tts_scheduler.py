@@ -35,7 +35,7 @@ from utils.funaudiochat.kv_cache import BatchKVCache, PrefixKVCache
 
 from .llm import CosyVoice3LM
 from .llm_decode import DecodeStep, EndReason, LengthLimits, TokenDecoder
-from .ras_sampling import RasConfig
+from .ras_sampling import RasConfig, distributions
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +156,13 @@ class TokenBatch:
         x = self.lm.speech_embedding(last)[:, None]  # [B, 1, D]
         hidden = batched_forward(self.lm, x, self._kv)  # [B, D]
         logp = self.lm.log_probs(hidden).cpu()  # fp32 [B, V]: one transfer for every row
+        # every row's softmax and best entries at once; a row's top_k is a prefix of the largest
+        dists = distributions(logp, max(r.sampler.top_k for r in self.rows))
         results: list[tuple[TokenDecoder, DecodeStep | Exception]] = []
         leaving: list[int] = []
         for i, decoder in enumerate(self.rows):
             try:
-                results.append((decoder, decoder.accept(logp[i], hidden[i])))
+                results.append((decoder, decoder.accept(logp[i], hidden[i], dists[i])))
             except Exception as exc:  # SamplingFailed: this request ends, the others go on
                 results.append((decoder, exc))
                 leaving.append(i)

@@ -131,6 +131,20 @@ def test_seeded_ras_batched_equals_alone_and_the_golden_run() -> None:
     assert [st.sampled.token for st in runs["zero_shot"].steps] == r["step_out"].tolist()
 
 
+def test_rows_with_different_samplers_share_a_batch() -> None:
+    """The batch computes one sampler Distribution per row for the largest top_k; rows with a
+    smaller top_k (greedy, 5) or a larger one (60) still draw exactly what they draw alone."""
+    samplers = {"zero_shot": RasConfig(top_k=60, top_p=0.95), "max_len": GREEDY,
+                "instruct2": RasConfig(top_k=5, top_p=0.5), "min_len_fail": None}
+    s = TTSScheduler(tiny_lm(), max_batch=8, prefills_per_step=8)
+    reqs = requests()
+    streams = {n: s.submit(reqs[n].lm_input, reqs[n].limits, sampler=cfg, seed=7)
+               for n, cfg in samplers.items()}
+    drain(s)
+    for name, stream in streams.items():
+        assert_same(collect(stream), alone(reqs[name], samplers[name], 7))
+
+
 def test_same_seed_twice_in_one_batch_gives_two_identical_runs() -> None:
     req = requests()["zero_shot"]
     s = TTSScheduler(tiny_lm())
