@@ -5,7 +5,8 @@ tokenizer and text front end, prompt ONNX models, shipped speakers). Per request
 normalises and splits the text; each segment is one LLM run and one token2wav run with the
 same voice prompt (a `Speaker`). All per-request state (KV cache, random generator,
 token2wav stream) lives in the request's generator, so concurrent requests share nothing
-mutable.
+mutable. With a `TTSScheduler` (tts_scheduler.py) the LLM half of every request runs in its
+batched step; without one each segment decodes alone.
 
 Modes (spec §4.5): zero_shot (prompt text + prompt speech to the LLM), cross_lingual (LLM
 gets neither), instruct2 (LLM gets the instruct text), sft (embedding only, no flow prompt).
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +42,7 @@ from .streaming import Token2Wav
 from .text_frontend import TextFrontend
 from .text_inputs import LlmText, Mode, cross_lingual, instruct2, sft
 from .tokenizer import CosyVoice3Tokenizer
+from .tts_scheduler import TTSScheduler, request_generator
 from .tts_token2wav import Schedule, new_prompted_stream, offline_prompted
 
 logger = logging.getLogger(__name__)
@@ -59,20 +60,12 @@ class SegmentResult:
     audio: np.ndarray  # float32 [n] at 24 kHz
 
 
-def request_generator(seed: int | None) -> torch.Generator:
-    """A private CPU generator per request (concurrent requests must not share draws).
-
-    A seeded generator draws what `torch.manual_seed(seed)` gives upstream's global one. No
-    seed: a fresh random seed (torch.Generator() alone would start every request the same).
-    """
-    return torch.Generator(device="cpu").manual_seed(secrets.randbits(63) if seed is None else seed)
-
-
 class CosyVoice3Tts:
     def __init__(self, lm: CosyVoice3LM, token2wav: Token2Wav, frontend: TextFrontend,
                  encoders: PromptEncoders | None, *, speakers: dict[str, Speaker] | None = None,
-                 sampler: RasConfig | None = None) -> None:
+                 sampler: RasConfig | None = None, scheduler: TTSScheduler | None = None) -> None:
         self.lm = lm
+        self.scheduler = scheduler
         self.token2wav = token2wav
         self.frontend = frontend
         self.encoders = encoders
@@ -152,6 +145,9 @@ class CosyVoice3Tts:
         lm_input = self.lm.build_lm_input(text.text_ids, prompt_text_ids=text.prompt_ids,
                                           prompt_speech_ids=prompt_speech)
         limits = LengthLimits.for_text(len(text.text_ids), self.lm.cfg)
+        if self.scheduler is not None:
+            yield from self._scheduled_tokens(text, lm_input, limits, generator)
+            return
         decoder = TokenDecoder(self.lm, lm_input, limits, sampler=self.sampler, generator=generator)
         while not decoder.finished:
             try:
@@ -161,6 +157,19 @@ class CosyVoice3Tts:
                 return
             if step.token is not None:
                 yield step.token
+
+    def _scheduled_tokens(self, text: LlmText, lm_input: Tensor, limits: LengthLimits,
+                          generator: torch.Generator) -> Iterator[int]:
+        """speech_tokens through the shared scheduler; leaving early cancels the request there."""
+        assert self.scheduler is not None
+        stream = self.scheduler.submit(lm_input, limits, sampler=self.sampler, generator=generator)
+        try:
+            yield from stream
+        except SamplingFailed as exc:
+            logger.warning("segment %r: %s; keeping %d tokens", text.segment, exc, len(stream.tokens))
+        finally:
+            if not stream.done.is_set():
+                stream.cancel()
 
     @staticmethod
     def flow_prompt(mode: Mode, speaker: Speaker) -> PromptFeatures:

@@ -67,6 +67,21 @@ def instruct_text(instruction: str) -> str:
     return f"{SYSTEM_PROMPT} {instruction}{ENDOFPROMPT}"
 
 
+def with_system_prompt(mode: Mode | str, text: str, prompt_text: str | None,
+                       instruct: str | None) -> tuple[str, str | None, str | None]:
+    """(text, prompt_text, instruct) with upstream's example system prefix and
+    `<|endofprompt|>` where the caller gave none: the prompt text of zero_shot, the instruct
+    of instruct2 and, for cross_lingual, the text itself (which turns off its normalisation
+    and splitting, as upstream's example does)."""
+    if prompt_text and ENDOFPROMPT not in prompt_text:
+        prompt_text = zero_shot_prompt_text(prompt_text)
+    if instruct and ENDOFPROMPT not in instruct:
+        instruct = instruct_text(instruct)
+    if Mode(mode) is Mode.CROSS_LINGUAL and ENDOFPROMPT not in text:
+        text = cross_lingual_tts_text(text)
+    return text, prompt_text, instruct
+
+
 @dataclass(frozen=True)
 class LlmText:
     """The text side of one LLM run: what precedes task_id in the LLM input."""

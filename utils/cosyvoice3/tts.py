@@ -25,8 +25,7 @@ import torch
 
 from .speakers import Speaker, save_speaker
 from .synthesizer import CosyVoice3Tts
-from .text_inputs import Mode, cross_lingual_tts_text, instruct_text, zero_shot_prompt_text
-from .tokenizer import ENDOFPROMPT
+from .text_inputs import Mode, with_system_prompt
 from .tts_token2wav import Schedule
 
 logger = logging.getLogger(__name__)
@@ -61,16 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _prefixed(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
     """(text, prompt_text, instruct) with upstream's example system prefix where missing."""
-    text, prompt, instruct = args.text, args.prompt_text, args.instruct
     if args.raw_prompt:
-        return text, prompt, instruct
-    if prompt and ENDOFPROMPT not in prompt:
-        prompt = zero_shot_prompt_text(prompt)
-    if instruct and ENDOFPROMPT not in instruct:
-        instruct = instruct_text(instruct)
-    if args.mode == Mode.CROSS_LINGUAL and ENDOFPROMPT not in text:
-        text = cross_lingual_tts_text(text)  # this also switches normalisation off, as upstream's example
-    return text, prompt, instruct
+        return args.text, args.prompt_text, args.instruct
+    return with_system_prompt(args.mode, args.text, args.prompt_text, args.instruct)
 
 
 def _speaker(tts: CosyVoice3Tts, args: argparse.Namespace, prompt_text: str | None) -> Speaker:

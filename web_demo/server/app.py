@@ -1,7 +1,8 @@
 """App composition shared by every service: engines in, an aiohttp application out.
 
 `make_app` mounts a route module per engine it is given (/api/chat and the web demo for an
-S2S engine; /api/transcribe, /v1/audio/transcriptions and /v1/models for an ASR engine),
+S2S engine; /api/transcribe, /v1/audio/transcriptions and /v1/models for an ASR engine;
+/api/synthesize, /v1/audio/speech and /api/speakers for a TTS engine),
 /health and /metrics, behind the shared middleware. Engines load in the background so
 /health answers `loading` while they do; one process may hold all of a deployment's
 engines or just one.
@@ -19,9 +20,9 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig
+from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig, TtsServiceConfig
 from web_demo.server.engines.asr_models import AsrModels
-from web_demo.server.engines.base import AsrEngine, S2SEngine
+from web_demo.server.engines.base import AsrEngine, S2SEngine, TtsEngine
 from web_demo.server.lifecycle import Lifecycle, Phase, serve
 from web_demo.server.metrics import CONTENT_TYPE, Metrics
 from web_demo.server.middleware import (
@@ -33,6 +34,7 @@ from web_demo.server.middleware import (
 )
 from web_demo.server.routes.asr import STREAM_ASR_HEALTH_PATH, AsrRoute
 from web_demo.server.routes.chat import ChatRoute
+from web_demo.server.routes.tts import TtsRoute
 from web_demo.server.routes.web import WebDemo
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,14 @@ METRICS = web.AppKey("metrics", Metrics)
 ENGINES = web.AppKey("engines", dict[str, Any])  # role ("s2s", ...) -> engine
 CHAT = web.AppKey("chat", ChatRoute)
 ASR = web.AppKey("asr", AsrRoute)
+TTS = web.AppKey("tts", TtsRoute)
 
 _UNHEALTHY = {"loading", "draining", "failed", "dead"}  # /health answers 503 for these
 
 
 def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig | None = None,
              asr: AsrEngine | None = None, asr_config: AsrServiceConfig | None = None,
+             tts: TtsEngine | None = None, tts_config: TtsServiceConfig | None = None,
              static_dir: Path = CLIENT_DIR) -> web.Application:
     """Builds the app; does no I/O. Engines start with the app and stop with it.
 
@@ -58,19 +62,22 @@ def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig 
     app[LIFECYCLE], app[METRICS] = lifecycle, metrics
     app[ERROR_EXTRAS] = {}
     asr_models = AsrModels.single(asr) if asr is not None else None
-    app[ENGINES] = {role: engine for role, engine in (("s2s", s2s), ("asr", asr_models))
+    app[ENGINES] = {role: engine for role, engine in (("s2s", s2s), ("asr", asr_models), ("tts", tts))
                     if engine is not None}
     metrics.watch_workers(lambda: [engine.health() for engine in app[ENGINES].values()])
     app.cleanup_ctx.append(_engines_lifetime)
     app.on_shutdown.insert(0, _stop_admitting)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)
-    if s2s is not None or asr is None:
+    if s2s is not None or (asr is None and tts is None):
         WebDemo(static_dir).mount(app)
     if asr_models is not None:
         app[ASR] = AsrRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(), metrics=metrics)
         app[ASR].mount(app)
         app.router.add_get(STREAM_ASR_HEALTH_PATH, health)  # the vLLM ASR plan's health URL
+    if tts is not None:
+        app[TTS] = TtsRoute(engine=tts, cfg=tts_config or TtsServiceConfig(), metrics=metrics)
+        app[TTS].mount(app, models_route=asr_models is None)  # one /v1/models: the ASR one
     if s2s is not None:
         app[CHAT] = ChatRoute(engine=s2s, cfg=chat or ChatConfig(), lifecycle=lifecycle, metrics=metrics)
         app[CHAT].mount(app)
@@ -122,10 +129,13 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     lifecycle = app[LIFECYCLE]
     reports = {role: engine.health() for role, engine in app[ENGINES].items()}
-    # The flat shape of the S2S server, or of the ASR service ({"status", "model", "device"}).
-    report: dict[str, Any] = dict(reports.get("s2s") or reports.get("asr") or {})
-    if "s2s" in reports and "asr" in reports:
-        report["asr"] = reports["asr"]
+    # The flat shape of the S2S server, or of the ASR service ({"status", "model", "device"}),
+    # or of the TTS service (the same and "vllm_enabled"); the others nested by role.
+    main = next(role for role in ("s2s", "asr", "tts", None) if role is None or role in reports)
+    report: dict[str, Any] = dict(reports.get(main) or {}) if main else {}
+    for role, other in reports.items():
+        if role != main:
+            report[role] = other
     report["status"] = service_status(lifecycle.phase, list(reports.values()))
     if lifecycle.failure:
         report["error"] = lifecycle.failure

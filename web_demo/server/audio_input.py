@@ -72,6 +72,15 @@ def sniff_container(data: bytes) -> str | None:
 
 def decode_upload(data: bytes, *, limits: AudioLimits = AudioLimits(), param: str = "file") -> DecodedAudio:
     """File bytes -> 16 kHz mono float32; blocking (run it in a thread)."""
+    pcm, rate, container = decode_native(data, limits=limits, param=param)
+    return DecodedAudio(pcm_16k=resample(pcm, rate, MODEL_SAMPLE_RATE), source_rate=rate,
+                        container=container)
+
+
+def decode_native(data: bytes, *, limits: AudioLimits = AudioLimits(),
+                  param: str = "file") -> tuple[np.ndarray, int, str]:
+    """File bytes -> (mono float32 in [-1, 1] at the file's own rate, that rate, container),
+    for models that read more than 16 kHz (a CosyVoice3 voice prompt); blocking."""
     if not data:
         raise BadRequest("the audio file is empty", param=param)
     if len(data) > limits.max_bytes:
@@ -89,8 +98,7 @@ def decode_upload(data: bytes, *, limits: AudioLimits = AudioLimits(), param: st
     if pcm.size == 0:
         raise BadRequest("could not decode audio: the file holds no samples", param=param)
     pcm = np.clip(np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-    return DecodedAudio(pcm_16k=resample(pcm, rate, MODEL_SAMPLE_RATE), source_rate=rate,
-                        container=container)
+    return pcm, rate, container
 
 
 def decode_raw_pcm16(data: bytes, rate: int, *, limits: AudioLimits = AudioLimits(),

@@ -262,6 +262,52 @@ class AsrServiceConfig:
 
 
 @dataclass(frozen=True)
+class TtsServiceConfig:
+    """The TTS service (python -m web_demo.server.tts_server): its model, voices and limits."""
+    model_path: Path = flag(Path("pretrained_models/Fun-CosyVoice3-0.5B-2512"),
+                            "CosyVoice3 directory (release or test layout); with no model there "
+                            "the espeak-ng CPU stand-in runs, loudly", name="--model-path", type=Path)
+    device: str = flag("auto", "device of the TTS workers: auto, cpu, cuda:N, or a comma list "
+                       "(a worker on each)", name="--device")
+    use_vllm: bool = flag(False, "run the CosyVoice3 LLM on vLLM (needs vllm and a GPU; refused "
+                          "at start otherwise)", name="--use-vllm")
+    dtype: str = flag("auto", "CosyVoice3 precision on GPU: auto (bfloat16), float32, float16, "
+                      "bfloat16; CPU always runs float32", name="--dtype",
+                      choices=("auto", "float32", "float16", "bfloat16"))
+    engine: str = flag("auto", "auto: cosyvoice3 when --model-path holds a model, else espeak-ng",
+                       name="--engine", choices=("auto", "cosyvoice3", "espeak-ng"))
+    prompt_dir: Path | None = flag(None, "the only directory whose files a request's prompt_wav path "
+                                   "may name (default: none; upload the prompt instead)",
+                                   name="--prompt-dir", type=Path)
+    speakers_dir: Path | None = flag(None, "where POST /api/speakers saves voices (and where they "
+                                     "are looked up by speaker_id)", name="--speakers-dir", type=Path)
+    default_speaker: str = flag("中文女", "speaker_id when a request names none (the plan's default)",
+                                name="--default-speaker")
+    max_text_chars: int = flag(4000, "longest text of one request; longer is a 400",
+                               name="--max-text-chars")
+    max_prompt_mb: float = flag(10.0, "largest prompt audio upload in MiB", name="--max-prompt-mb")
+    max_prompt_s: float = flag(30.0, "longest prompt audio in seconds", name="--max-prompt-seconds")
+    max_batch: int = flag(16, "CosyVoice3 requests whose LLM steps are batched together",
+                          name="--max-batch")
+    max_concurrent: int = flag(32, "requests one CosyVoice3 worker serves at once (the rest "
+                               "queue)", name="--max-concurrent")
+    espeak_voice: str = flag("en-us", "espeak-ng voice for speaker ids it does not map",
+                             name="--espeak-voice")
+
+    def __post_init__(self) -> None:
+        for name, value in (("--max-text-chars", self.max_text_chars), ("--max-batch", self.max_batch),
+                            ("--max-concurrent", self.max_concurrent)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        _positive("--max-prompt-mb", self.max_prompt_mb)
+        _positive("--max-prompt-seconds", self.max_prompt_s)
+
+    @property
+    def max_prompt_bytes(self) -> int:
+        return int(self.max_prompt_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class TtsConfig:
     """The local text-to-speech engine (espeak-ng worker on CPU)."""
     voice: str = flag("en-us", "espeak-ng voice", name="--tts-voice")

@@ -44,6 +44,13 @@ class Metrics:
                                  ["model"], registry=r)
         self.asr_rtf = Histogram("fac_asr_real_time_factor", "transcription time / audio duration",
                                  ["model"], buckets=RTF_BUCKETS, registry=r)
+        self.tts_first_audio = Histogram("fac_tts_first_audio_seconds",
+                                         "synthesis request to its first audio chunk, by model",
+                                         ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.tts_audio = Counter("fac_tts_audio_seconds", "seconds of audio synthesised, by model",
+                                 ["model"], registry=r)
+        self.tts_rtf = Histogram("fac_tts_real_time_factor", "synthesis time / audio duration",
+                                 ["model"], buckets=RTF_BUCKETS, registry=r)
 
     def watch_workers(self, health: HealthSource) -> None:
         self.registry.register(_WorkerCollector(health))

@@ -138,20 +138,34 @@ class AsrEngine(Protocol):
 
 
 @dataclass(frozen=True)
+class PcmChunk:
+    pcm: np.ndarray = field(repr=False)  # float32 [T]
+    sample_rate: int
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     text: str
     voice: str | None = None  # speaker id or voice name; None = the engine's default
-    prompt_audio_16k: np.ndarray | None = field(default=None, repr=False)  # zero-shot reference
+    prompt_audio: PcmChunk | None = None  # a voice to clone (zero-shot), at its own rate
     prompt_text: str | None = None  # what the prompt audio says
     instructions: str | None = None  # style instructions, for engines that take them
     speed: float = 1.0
     sample_rate: int | None = None  # output rate; None = the engine's native rate
+    seed: int | None = None  # sampling engines: the same seed gives the same audio
 
 
 @dataclass(frozen=True)
-class PcmChunk:
-    pcm: np.ndarray = field(repr=False)  # float32 [T]
-    sample_rate: int
+class SpeakerCreate:
+    """Save a voice under `name`: its prompt audio and (for zero-shot) what it says."""
+    name: str
+    prompt_audio: PcmChunk
+    prompt_text: str | None
+
+
+@dataclass(frozen=True)
+class SpeakerList:
+    """Ask an engine for the speaker ids it can use."""
 
 
 class TtsEngine(Protocol):
@@ -163,7 +177,16 @@ class TtsEngine(Protocol):
     async def aclose(self) -> None: ...
 
     def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
-        """Streams PCM chunks at request.sample_rate (or the native rate)."""
+        """Streams PCM chunks at request.sample_rate (or the native rate). An async generator:
+        the caller closes it (contextlib.aclosing) so that a client gone stops the synthesis."""
+        ...
+
+    async def speakers(self) -> list[str]:
+        """The speaker ids `voice` may name."""
+        ...
+
+    async def add_speaker(self, request: SpeakerCreate) -> str:
+        """Saves a voice; returns its id. Engines that cannot clone raise BadRequest."""
         ...
 
     def health(self) -> dict[str, Any]: ...

@@ -16,6 +16,8 @@ from utils.audio import WIRE_SAMPLE_RATE
 from web_demo.server.config import WorkerConfig
 from web_demo.server.engines.base import (
     PcmChunk,
+    SpeakerCreate,
+    SpeakerList,
     SynthesisRequest,
     Transcription,
     TranscriptionRequest,
@@ -87,6 +89,18 @@ class WorkerTtsEngine(_WorkerBacked):
         async with contextlib.aclosing(self._worker.stream(request)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def speakers(self) -> list[str]:
+        return list(await self._one(SpeakerList(), list))
+
+    async def add_speaker(self, request: SpeakerCreate) -> str:
+        return str(await self._one(request, str))
+
+    async def _one(self, request: object, kind: type) -> Any:
+        results = await self._worker.call(request)
+        if len(results) != 1 or not isinstance(results[0], kind):
+            raise EngineError(f"{self.name} worker returned {results!r:.200}, not one {kind.__name__}")
+        return results[0]
 
 
 class WorkerVocoder(_WorkerBacked):

@@ -5,7 +5,9 @@ child, so CUDA is only ever initialised there (spawn start method). The parent d
 shutdown; the child ignores SIGINT so Ctrl-C in a terminal does not kill it mid-request.
 
 Two threads: the reader takes every message off the pipe, answers pings at once and marks
-cancellations; the serving thread runs the handler one request (or batch) at a time.
+cancellations; the serving thread runs the handler one request (or batch) at a time. A
+handler with `max_concurrent > 1` (one whose requests wait on work batched elsewhere, like
+the CosyVoice3 TTS scheduler) has its requests run by that many threads instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -77,16 +80,28 @@ class _Server:
         self._inbox: queue.SimpleQueue[_Queued | Shutdown] = queue.SimpleQueue()
         self._backlog: deque[_Queued | Shutdown] = deque()  # drained from the inbox to form batches
         self._cancelled: set[int] = set()
-        self._step_started: float | None = None  # read by the reader thread for pongs
+        self._steps = _StepClock()  # read by the reader thread for pongs
         self._streams: dict[int, Any] = {}
         self._batcher = handler if isinstance(handler, BatchHandler) and handler.max_batch > 1 else None
         self._max_streams: int = getattr(handler, "max_streams", DEFAULT_MAX_STREAMS)
+        concurrent: int = getattr(handler, "max_concurrent", 1)
+        self._pool = (ThreadPoolExecutor(concurrent, thread_name_prefix="worker-request")
+                      if concurrent > 1 else None)
 
     def run(self) -> None:
         self._send(Ready(self._handler.info()))
         threading.Thread(target=self._read_loop, daemon=True, name="worker-reader").start()
         while not isinstance(message := self._next(), Shutdown):
-            self._serve(message)
+            if self._pool is not None and isinstance(message, Request):
+                self._pool.submit(self._serve, message)
+            else:
+                self._serve(message)
+        if self._pool is not None:
+            self._cancelled.update(self._steps.keys())  # running requests stop at their next step
+            shutdown = getattr(self._handler, "shutdown", None)
+            if shutdown is not None:
+                shutdown()  # unblocks requests waiting on the handler's own threads
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _send(self, message: ToParent) -> None:
         with self._send_lock:
@@ -98,9 +113,7 @@ class _Server:
             while True:
                 message = self._conn.recv()
                 if isinstance(message, Ping):
-                    started = self._step_started
-                    self._send(Pong(message.seq, None if started is None
-                                    else time.monotonic() - started))
+                    self._send(Pong(message.seq, self._steps.oldest_age()))
                 elif isinstance(message, Cancel):
                     self._cancelled.add(message.request_id)
                 else:
@@ -146,7 +159,7 @@ class _Server:
         results: Iterator[Any] | None = None
         try:
             while rid not in self._cancelled:
-                self._step_started = time.monotonic()
+                self._steps.start(rid)
                 try:
                     if results is None:
                         results = iter(start())
@@ -155,7 +168,7 @@ class _Server:
                     self._send(Done(rid))
                     return
                 finally:
-                    self._step_started = None
+                    self._steps.stop(rid)
                 self._send(Result(rid, result))
         finally:
             close = getattr(results, "close", None)
@@ -215,11 +228,11 @@ class _Server:
 
     def _batch_outcomes(self, batcher: BatchHandler,
                         bodies: list[Any]) -> list[list[Any] | ServingError]:
-        self._step_started = time.monotonic()
+        self._steps.start(-1)
         try:
             outcomes = batcher.handle_batch(bodies)
         finally:
-            self._step_started = None
+            self._steps.stop(-1)
         if len(outcomes) != len(bodies):
             raise RuntimeError(f"handle_batch returned {len(outcomes)} outcomes "
                                f"for {len(bodies)} requests")
@@ -243,11 +256,11 @@ class _Server:
             raise BadRequest(f"stream {message.stream_id} is already open")
         if len(self._streams) >= self._max_streams:
             raise EngineBusy(f"too many open streams ({self._max_streams})")
-        self._step_started = time.monotonic()
+        self._steps.start(message.request_id)
         try:
             self._streams[message.stream_id] = handler.open_stream(message.body)
         finally:
-            self._step_started = None
+            self._steps.stop(message.request_id)
         self._send(Done(message.request_id))
 
     def _push(self, message: StreamPush) -> None:
@@ -268,3 +281,29 @@ class _Server:
         state = self._streams.pop(stream_id, None)
         if state is not None:
             self._stream_handler().close(state)
+
+
+class _StepClock:
+    """When each running handler step began (several with a concurrent handler), so a pong
+    can report the oldest: the parent kills a worker whose step runs too long."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+
+    def start(self, key: int) -> None:
+        with self._lock:
+            self._started[key] = time.monotonic()
+
+    def stop(self, key: int) -> None:
+        with self._lock:
+            self._started.pop(key, None)
+
+    def keys(self) -> list[int]:
+        with self._lock:
+            return list(self._started)
+
+    def oldest_age(self) -> float | None:
+        with self._lock:
+            oldest = min(self._started.values(), default=None)
+        return None if oldest is None else time.monotonic() - oldest
