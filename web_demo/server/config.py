@@ -309,8 +309,23 @@ class TtsServiceConfig:
 
 @dataclass(frozen=True)
 class TtsConfig:
-    """The local text-to-speech engine (espeak-ng worker on CPU)."""
-    voice: str = flag("en-us", "espeak-ng voice", name="--tts-voice")
+    """The cascade engine's voice: a local espeak-ng worker (default), our CosyVoice3 runtime
+    in a worker (--tts-model-path), or a remote TTS (--tts-url)."""
+    voice: str = flag("en-us", "espeak-ng voice, CosyVoice3 speaker id, or the remote's voice",
+                      name="--tts-voice")
+    model_path: Path | None = flag(None, "a CosyVoice3 directory: speak with our CosyVoice3 runtime "
+                                   "(--tts-voice names a speaker of it)", name="--tts-model-path", type=Path)
+    url: str | None = flag(None, "a remote TTS instead: the base URL of any OpenAI-compatible "
+                           "/v1/audio/speech server (our tts_server on :8004, vLLM-Omni), e.g. "
+                           "http://tts-host:8004", name="--tts-url")
+    remote_model: str = flag("tts-1", "model sent to --tts-url (tts-1: that server's default model)",
+                             name="--tts-remote-model")
+    api_key: str | None = flag(None, "key for --tts-url", name="--tts-api-key", env="TTS_API_KEY",
+                               secret=True)
+
+    def __post_init__(self) -> None:
+        if self.url and self.model_path:
+            raise ValueError("give --tts-url or --tts-model-path, not both")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_args(argv)
     setup_logging(cfg.http.log_level)
     sock = bind(cfg.http.host, cfg.http.port)
-    logger.warning("engine: %s", describe_s2s_choice(cfg.s2s, cfg.responder, cfg.asr))
+    logger.warning("engine: %s", describe_s2s_choice(cfg.s2s, cfg.responder, cfg.asr, cfg.tts))
     engine = build_s2s_engine(cfg.s2s, vocoder=cfg.vocoder, asr=cfg.asr, tts=cfg.tts,
                               responder=cfg.responder, workers=cfg.workers)
     app = make_app(cfg.http, s2s=engine, chat=cfg.chat)

@@ -29,7 +29,8 @@ def resolve_s2s_engine(cfg: S2SConfig) -> str:
     return "funaudiochat" if weights_present(cfg) and gpu_available() else "cascade"
 
 
-def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig, asr: AsrConfig) -> str:
+def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig, asr: AsrConfig,
+                        tts: TtsConfig) -> str:
     """One loud line saying whether the real model runs, or which stand-in and why."""
     name = resolve_s2s_engine(cfg)
     if name == "funaudiochat":
@@ -41,7 +42,9 @@ def describe_s2s_choice(cfg: S2SConfig, responder: ResponderConfig, asr: AsrConf
     if name == "cascade":
         brain = f"LLM at {responder.llm_url}" if responder.llm_url else "echo"
         ears = f"ASR at {asr.url}" if asr.url else "faster-whisper"
-        return (f"cascade: CPU STAND-IN ENGINES ({ears} -> {brain} -> espeak-ng), "
+        voice = (f"TTS at {tts.url}" if tts.url else
+                 f"CosyVoice3 from {tts.model_path}" if tts.model_path else "espeak-ng")
+        return (f"cascade: CPU STAND-IN ENGINES ({ears} -> {brain} -> {voice}), "
                 f"NOT Fun-Audio-Chat{why}")
     return f"{name} (diagnostic engine, NOT Fun-Audio-Chat)"
 
@@ -91,8 +94,18 @@ def build_asr_engine(cfg: AsrConfig, workers: WorkerConfig) -> AsrEngine:
 
 
 def build_tts_engine(cfg: TtsConfig, workers: WorkerConfig) -> TtsEngine:
+    """The cascade's TTS: remote (--tts-url), CosyVoice3 (--tts-model-path) or espeak-ng."""
+    if cfg.url:
+        from web_demo.server.engines.remote_tts import OpenAISpeechEngine
+
+        return OpenAISpeechEngine(cfg.url, cfg.remote_model, api_key=cfg.api_key, voice=cfg.voice, name="tts")
     from web_demo.server.engines.local import WorkerTtsEngine
 
+    if cfg.model_path is not None:
+        from web_demo.server.engines.tts_service import TTS_HANDLERS
+
+        return WorkerTtsEngine(handler=TTS_HANDLERS["cosyvoice3"], cfg=workers, init_kwargs={
+            "model_dir": str(cfg.model_path), "default_speaker": cfg.voice})
     return WorkerTtsEngine(init_kwargs={"voice": cfg.voice}, cfg=workers)
 
 

@@ -74,7 +74,7 @@ class CosyVoice3TtsHandler:
         self._saved: dict[str, Any] = {}  # name -> Speaker, read from speakers_dir on first use
         self._lock = threading.Lock()  # guards _saved (requests run in several threads)
         self._model = Path(model_dir).name
-        self._default = default_speaker
+        self._default = self._default_speaker(default_speaker)
 
     def info(self) -> dict[str, Any]:
         return {"model": self._model, "engine": "cosyvoice3", "device": self._device,
@@ -149,6 +149,17 @@ class CosyVoice3TtsHandler:
             if name not in self._saved:
                 self._saved[name] = self._load_saved(name)
             return self._saved[name]
+
+    def _default_speaker(self, name: str | None) -> str | None:
+        """A speaker id, or (from the command line only, never from a request) the path of a
+        saved speaker file, loaded now under its file name."""
+        from utils.cosyvoice3.speakers import load_speaker
+
+        if name is None or not name.endswith(SPEAKER_SUFFIX) or not Path(name).is_file():
+            return name
+        key = Path(name).name[:-len(SPEAKER_SUFFIX)]
+        self._saved[key] = load_speaker(name)
+        return key
 
     def _load_saved(self, name: str) -> Any:
         from utils.cosyvoice3.speakers import load_speaker
