@@ -276,6 +276,13 @@ class TtsServiceConfig:
                       choices=("auto", "float32", "float16", "bfloat16"))
     engine: str = flag("auto", "auto: cosyvoice3 when --model-path holds a model, else espeak-ng",
                        name="--engine", choices=("auto", "cosyvoice3", "espeak-ng"))
+    models: Path | None = flag(None, "registry of the models to serve (local CosyVoice3 / espeak-ng "
+                               "workers and remote OpenAI-compatible speech servers, with fallbacks; "
+                               "see tts_models.example.json); with it, --model-path is not used",
+                               name="--models", type=Path)
+    default_model: str | None = flag(None, "the --models entry that answers /api/synthesize and tts-1 "
+                                     "(default: the entry marked default, else the first)",
+                                     name="--default-model")
     prompt_dir: Path | None = flag(None, "the only directory whose files a request's prompt_wav path "
                                    "may name (default: none; upload the prompt instead)",
                                    name="--prompt-dir", type=Path)
@@ -299,6 +306,8 @@ class TtsServiceConfig:
                             ("--max-concurrent", self.max_concurrent)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.default_model is not None and self.models is None:
+            raise ValueError("--default-model names an entry of --models; pass --models too")
         _positive("--max-prompt-mb", self.max_prompt_mb)
         _positive("--max-prompt-seconds", self.max_prompt_s)
 

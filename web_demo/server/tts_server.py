@@ -5,8 +5,9 @@
 
 With a CosyVoice3 model at --model-path it serves our own CosyVoice3 runtime (zero-shot,
 cross-lingual, instruct2, saved speakers; the LLM batched across requests) in a worker per
---device; without one, the espeak-ng CPU stand-in, said loudly. --use-vllm is refused at start
-when it cannot be honoured.
+--device; without one, the espeak-ng CPU stand-in, said loudly. With --models it serves a
+registry's models instead (local workers, remote speech servers, fallbacks). --use-vllm is
+refused at start when it cannot be honoured.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from web_demo.server.config import (
     add_flags,
     from_args,
 )
+from web_demo.server.engines.base import TtsEngine
+from web_demo.server.engines.tts_models import build_tts_registry_models
+from web_demo.server.engines.tts_registry import load_tts_registry
 from web_demo.server.engines.tts_service import build_tts_service_engine, describe_tts_choice
 from web_demo.server.lifecycle import bind
 from web_demo.server.logs import setup_logging
@@ -55,16 +59,25 @@ def parse_args(argv: Sequence[str] | None) -> TtsServerConfig:
         p.error(str(exc))
 
 
+def build_engine(cfg: TtsServerConfig) -> tuple[TtsEngine, list[str]]:
+    """The models to serve (from --models, else --model-path) and the lines that say which."""
+    if cfg.tts.models is None:
+        return build_tts_service_engine(cfg.tts, cfg.workers), [describe_tts_choice(cfg.tts)]
+    registry = load_tts_registry(cfg.tts.models, default=cfg.tts.default_model)
+    return build_tts_registry_models(registry, cfg.tts, cfg.workers), registry.describe()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_args(argv)
     setup_logging(cfg.http.log_level)
     try:
-        engine = build_tts_service_engine(cfg.tts, cfg.workers)  # builds, loads nothing
+        engine, described = build_engine(cfg)  # builds, loads nothing
     except ValueError as exc:
         logger.error("%s", exc)
         sys.exit(f"tts_server: {exc}")
     sock = bind(cfg.http.host, cfg.http.port)
-    logger.warning("engine: %s", describe_tts_choice(cfg.tts))
+    for line in described:
+        logger.warning("engine: %s", line)
     app = make_app(cfg.http, tts=engine, tts_config=cfg.tts)
     logger.info("listening on http://%s:%d (POST /api/synthesize, POST /v1/audio/speech)",
                 cfg.http.host, cfg.http.port)
