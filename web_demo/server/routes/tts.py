@@ -49,14 +49,21 @@ def resolve_prompt_path(prompt_dir: Path | None, value: str) -> Path:
     if prompt_dir is None:
         raise BadRequest("this server reads no prompt files (no --prompt-dir); upload the prompt "
                          "(multipart field prompt_wav) or send prompt_wav_base64", param="prompt_wav")
+    missing = BadRequest(f"no prompt file {value[:200]!r} in the server's prompt directory",
+                         param="prompt_wav")
+    if "\0" in value:
+        raise missing  # realpath() and stat() raise ValueError on a NUL byte
     root = Path(os.path.realpath(prompt_dir))
     path = Path(os.path.realpath(root / value))  # an absolute value replaces root, then is checked
     if not path.is_relative_to(root):
         raise BadRequest("prompt_wav must name a file inside the server's prompt directory",
                          param="prompt_wav")
-    if not path.is_file():
-        raise BadRequest(f"no prompt file {value[:200]!r} in the server's prompt directory",
-                         param="prompt_wav")
+    try:
+        is_file = path.is_file()
+    except OSError:  # is_file() raises on a name longer than the file system takes (ENAMETOOLONG)
+        is_file = False
+    if not is_file:
+        raise missing
     return path
 
 
