@@ -8,6 +8,7 @@ public ones; `admit` refuses new work while loading or draining.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -29,6 +30,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # path -> fields a route's error bodies carry beside "error" (e.g. /api/transcribe's success)
 ERROR_EXTRAS = web.AppKey("error_extras", dict[str, dict[str, Any]])
 PUBLIC_PATHS = ("/health", "/stream/v1/asr/health", "/", "/favicon.ico")  # and /static/ files
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
 QUIET_PATHS = ("/health", "/stream/v1/asr/health", "/metrics")  # probes and scrapers: logged at DEBUG only
 
 
@@ -64,6 +66,9 @@ def request_log(metrics: Metrics) -> Middleware:
             status = response.status
             response.headers["X-Request-Id"] = rid
             return response
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client hung up (handler cancellation): not our failure
+            raise
         finally:
             seconds = time.perf_counter() - started
             route = route_name(request)

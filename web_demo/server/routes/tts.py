@@ -27,7 +27,8 @@ from web_demo.server import tts_protocol as wire
 from web_demo.server.audio_input import AudioLimits, decode_native
 from web_demo.server.config import TtsServiceConfig
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SynthesisRequest, TtsEngine
-from web_demo.server.errors import BadRequest, ModelNotFound, ServingError
+from web_demo.server.engines.tts_models import GENERIC_ALIASES, ServedTtsModel, TtsModels
+from web_demo.server.errors import BadRequest, ServingError
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import ERROR_EXTRAS, REQUEST_ID
 from web_demo.server.routes.asr import read_body, read_form
@@ -37,8 +38,6 @@ logger = logging.getLogger(__name__)
 PLAN_PATH = "/api/synthesize"
 OPENAI_PATH = "/v1/audio/speech"
 SPEAKERS_PATH = "/api/speakers"
-# What OpenAI clients send as `model`: all mean this service's model.
-MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 MAX_JSON_OVERHEAD = 256 * 1024  # a body beside its base64 prompt
 _json_response = functools.partial(web.json_response, dumps=functools.partial(json.dumps, ensure_ascii=False))
 
@@ -68,10 +67,12 @@ def resolve_prompt_path(prompt_dir: Path | None, value: str) -> Path:
 
 
 class TtsRoute:
-    """The TTS endpoints over one engine; owned by the app."""
+    """The TTS endpoints over one engine or a registry's models (the default answers the plan's
+    API and OpenAI's generic model names); owned by the app."""
 
     def __init__(self, *, engine: TtsEngine, cfg: TtsServiceConfig, metrics: Metrics) -> None:
-        self.engine = engine
+        self.models = TtsModels.single(engine)
+        self.default = self.models.resolve(None)  # the plan's API speaks with the default model
         self.cfg = cfg
         self._prompt_limits = AudioLimits(max_bytes=cfg.max_prompt_bytes, max_seconds=cfg.max_prompt_s)
         self._metrics = metrics
@@ -96,8 +97,8 @@ class TtsRoute:
             prompt_audio=prompt, prompt_text=body.prompt_text, instructions=body.instructions,
             seed=body.seed)
         if body.stream:
-            return await self._stream_audio(request, synthesis, "wav")
-        pcm, rate = await self._collect(synthesis)
+            return await self._stream_audio(request, self.default, synthesis, "wav")
+        pcm, rate = await self._collect(self.default, synthesis)
         wav = await asyncio.to_thread(audio_output.encode_whole, "wav", pcm, rate)
         return _json_response(wire.plan_body(wav, sample_rate=rate, duration_s=len(pcm) / rate))
 
@@ -131,21 +132,16 @@ class TtsRoute:
     async def openai_speech(self, request: web.Request) -> web.StreamResponse:
         raw = await read_body(request, max_bytes=self.cfg.max_text_chars * 4 + MAX_JSON_OVERHEAD)
         body = wire.parse_openai(wire.parse_json_object(raw), max_text_chars=self.cfg.max_text_chars)
-        self._check_model(body.model)
+        served = self.models.resolve(body.model)
         synthesis = SynthesisRequest(text=body.input, voice=body.voice, speed=body.speed,
                                      instructions=body.instructions)
         if body.stream_format == "sse":
-            return await self._stream_sse(request, synthesis, body.response_format)
-        return await self._stream_audio(request, synthesis, body.response_format)
-
-    def _check_model(self, model: str) -> None:
-        if model != self.engine.name and model not in MODEL_ALIASES:
-            raise ModelNotFound(f"model {model[:80]!r} is not served here; use {self.engine.name!r} "
-                                f"or one of {', '.join(MODEL_ALIASES)}", param="model")
+            return await self._stream_sse(request, served, synthesis, body.response_format)
+        return await self._stream_audio(request, served, synthesis, body.response_format)
 
     # -- /api/speakers, /v1/models --------------------------------------------------------
     async def list_speakers(self, request: web.Request) -> web.Response:
-        return _json_response({"speakers": await self.engine.speakers(),
+        return _json_response({"speakers": await self.default.engine.speakers(),
                                "default": self.cfg.default_speaker, "success": True})
 
     async def add_speaker(self, request: web.Request) -> web.Response:
@@ -156,28 +152,28 @@ class TtsRoute:
         text = (form.fields.get("prompt_text") or [""])[-1].strip() or None
         pcm, rate, _ = await asyncio.to_thread(decode_native, form.file("prompt_wav"),
                                                limits=self._prompt_limits, param="prompt_wav")
-        saved = await self.engine.add_speaker(SpeakerCreate(name, PcmChunk(pcm, rate), text))
+        saved = await self.default.engine.add_speaker(SpeakerCreate(name, PcmChunk(pcm, rate), text))
         return _json_response({"speaker_id": saved, "success": True}, status=201)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        ids = [self.engine.name, *MODEL_ALIASES]
+        ids = [*self.models.ids, *GENERIC_ALIASES]
         return _json_response({"object": "list", "data": [
             {"id": i, "object": "model", "created": self._created, "owned_by": "fun-audio-chat"}
             for i in ids]})
 
     # -- responses ------------------------------------------------------------------------
-    async def _collect(self, synthesis: SynthesisRequest) -> tuple[np.ndarray, int]:
-        parts, rate = [], self.engine.sample_rate
-        async for chunk in self._timed(synthesis):
+    async def _collect(self, served: ServedTtsModel, synthesis: SynthesisRequest) -> tuple[np.ndarray, int]:
+        parts, rate = [], served.engine.sample_rate
+        async for chunk in self._timed(served, synthesis):
             parts.append(chunk.pcm)
             rate = chunk.sample_rate
         return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rate
 
-    async def _stream_audio(self, request: web.Request, synthesis: SynthesisRequest,
-                            fmt: str) -> web.StreamResponse:
+    async def _stream_audio(self, request: web.Request, served: ServedTtsModel,
+                            synthesis: SynthesisRequest, fmt: str) -> web.StreamResponse:
         """The encoded audio as it is produced (chunked transfer)."""
         headers = {"Content-Type": audio_output.CONTENT_TYPES[fmt]}
-        async with self._streaming(request, synthesis, fmt, headers) as (response, encoded):
+        async with self._streaming(request, served, synthesis, fmt, headers) as (response, encoded):
             try:
                 async for data in encoded:
                     await response.write(data)
@@ -187,11 +183,11 @@ class TtsRoute:
             await response.write_eof()
         return response
 
-    async def _stream_sse(self, request: web.Request, synthesis: SynthesisRequest,
-                          fmt: str) -> web.StreamResponse:
+    async def _stream_sse(self, request: web.Request, served: ServedTtsModel,
+                          synthesis: SynthesisRequest, fmt: str) -> web.StreamResponse:
         """speech.audio.delta events of the encoded audio, then speech.audio.done."""
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        async with self._streaming(request, synthesis, fmt, headers) as (response, encoded):
+        async with self._streaming(request, served, synthesis, fmt, headers) as (response, encoded):
             try:
                 async for data in encoded:
                     await response.write(wire.sse_delta(data))
@@ -203,23 +199,28 @@ class TtsRoute:
         return response
 
     @contextlib.asynccontextmanager
-    async def _streaming(self, request: web.Request, synthesis: SynthesisRequest, fmt: str,
-                         headers: dict[str, str]) -> AsyncIterator[tuple[web.StreamResponse, _Encoded]]:
+    async def _streaming(self, request: web.Request, served: ServedTtsModel, synthesis: SynthesisRequest,
+                         fmt: str, headers: dict[str, str],
+                         ) -> AsyncIterator[tuple[web.StreamResponse, _Encoded]]:
         """Waits for the first audio before sending the status, so that a request that fails
         at once (unknown speaker, bad prompt) still gets its 4xx and JSON error body."""
-        encoder = audio_output.open_encoder(fmt, synthesis.sample_rate or self.engine.sample_rate,
+        encoder = audio_output.open_encoder(fmt, synthesis.sample_rate or served.engine.sample_rate,
                                             streaming=True)
-        async with contextlib.aclosing(self._timed(synthesis)) as chunks:
+        async with contextlib.aclosing(self._timed(served, synthesis)) as chunks:
             first = await _next_chunk(chunks)
             response = web.StreamResponse(headers={**headers, "X-Request-Id": request[REQUEST_ID]})
             await response.prepare(request)
-            yield response, _Encoded(encoder, first, chunks)
+            try:
+                yield response, _Encoded(encoder, first, chunks)
+            except ConnectionResetError:  # the client hung up mid-body: leaving closes the synthesis
+                logger.info("client went away mid-stream; synthesis cancelled")
 
-    async def _timed(self, synthesis: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
+    async def _timed(self, served: ServedTtsModel,
+                     synthesis: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
         """The engine's chunks; records time to first audio, real-time factor and seconds."""
         started, audio_s, first = time.perf_counter(), 0.0, True
-        model = self.engine.name
-        async with contextlib.aclosing(self.engine.synthesize(synthesis)) as chunks:
+        model = served.id
+        async with contextlib.aclosing(served.engine.synthesize(synthesis)) as chunks:
             async for chunk in chunks:
                 if first:
                     self._metrics.tts_first_audio.labels(model).observe(time.perf_counter() - started)
