@@ -1,0 +1,41 @@
+"""tts_server's command line: the plan's flags verbatim, --models, and refusals at start."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from web_demo.server.engines.tts_models import TtsModels
+from web_demo.server.tts_server import build_engine, parse_args
+
+
+def test_the_plans_flags_parse_verbatim() -> None:
+    cfg = parse_args(["--model-path", "pretrained_models/Fun-CosyVoice3-0.5B-2512", "--port", "8004",
+                      "--device", "cuda:0", "--use-vllm", "--host", "0.0.0.0"])
+    assert (cfg.http.port, cfg.http.host) == (8004, "0.0.0.0")
+    assert (cfg.tts.device, cfg.tts.use_vllm) == ("cuda:0", True)
+    assert parse_args([]).http.port == 8004
+
+
+def test_use_vllm_without_a_model_is_refused_before_anything_loads() -> None:
+    cfg = parse_args(["--model-path", "/nonexistent", "--use-vllm"])
+    with pytest.raises(ValueError, match="--use-vllm needs a CosyVoice3 model"):
+        build_engine(cfg)
+
+
+def test_models_registry_serves_its_entries(tmp_path) -> None:
+    registry = tmp_path / "tts_models.json"
+    registry.write_text(json.dumps({"models": {
+        "robot": {"engine": "espeak-ng", "extra_kwargs": {"voice": "en-us"}},
+        "remote": {"engine": "openai-speech", "extra_kwargs": {"vllm_host": "127.0.0.1", "vllm_port": 9},
+                   "fallbacks": ["robot"]}}}))
+    engine, described = build_engine(parse_args(["--models", str(registry), "--default-model", "remote"]))
+    assert isinstance(engine, TtsModels)
+    assert engine.ids == ["robot", "remote"] and engine.default == "remote"
+    assert len(described) == 2 and any("127.0.0.1:9" in line for line in described)
+
+
+def test_default_model_needs_models() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--default-model", "x"])
