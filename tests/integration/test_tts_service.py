@@ -125,6 +125,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> Dirs:
     shutil.copy(PROMPT_WAV, d.outside / "secret.wav")  # a good prompt: reading it would succeed
     (d.prompts / "link.wav").symlink_to(d.outside / "secret.wav")
     (d.prompts / "out").symlink_to(d.outside, target_is_directory=True)
+    os.mkfifo(d.prompts / "fifo.wav")  # opening it for reading would block a reader forever
     return d
 
 
@@ -317,11 +318,12 @@ def test_openai_sdk_every_response_format(espeak_sdk: openai.OpenAI, fmt: str) -
         return
     pcm, rate, codec = decode_av(data)
     seconds = len(reference) / RATE
-    # Lossless: the same samples. (soundfile cannot read this FLAC: streamed, its STREAMINFO
-    # holds 0, unknown, as the total, and libsndfile then reports 2**63 - 1 frames.)
+    # Lossless: the same samples. FLAC comes whole, its STREAMINFO holding the total, which
+    # libsndfile (soundfile) needs: a streamed FLAC's unknown total makes it refuse the file.
     if fmt in ("wav", "flac"):
         assert rate == RATE
         np.testing.assert_allclose(pcm, reference / 32768, atol=1e-6)
+        np.testing.assert_array_equal(sf.read(io.BytesIO(data), dtype="int16")[0], reference)
     elif fmt == "opus":  # Opus decodes at 48 kHz; its header keeps the input rate
         head = data.index(b"OpusHead")
         assert rate == 48000 and struct.unpack_from("<I", data, head + 12)[0] == RATE
@@ -574,6 +576,9 @@ async def test_cv3_bad_input_is_a_4xx_and_nothing_outside_the_prompt_dir_is_read
         path_case(".", "no prompt file"),
         path_case("a\x00b.wav", "no prompt file"),
         path_case("a" * 300 + ".wav", "no prompt file"),
+        path_case("fifo.wav", "no prompt file"),
+        ({"text": "。。。！", "prompt_wav_base64": PROMPT_B64, "prompt_text": PROMPT_TEXT}, 400, "text",
+         "nothing to speak"),
         ({"text": HELLO, "speaker_id": "nobody"}, 404, "speaker_id", "unknown speaker"),
         ({"text": HELLO, "speaker_id": "../speakers/x"}, 404, "speaker_id", "unknown speaker"),
         # The default speaker, 中文女, is not in the tiny model.

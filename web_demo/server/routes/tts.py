@@ -1,8 +1,9 @@
 """The TTS service's routes: /api/synthesize, /v1/audio/speech, /api/speakers, /v1/models.
 
 The data path of a request: JSON (or multipart) body -> text, voice and prompt (a file under
---prompt-dir, base64 or an upload, decoded in a thread) -> the engine's PCM chunks as they are
-produced -> an encoder (audio_output) -> the response, streamed chunk by chunk or whole.
+--prompt-dir, see prompt_files.py; base64; or an upload; decoded in a thread) -> the engine's
+PCM chunks as they are produced -> an encoder (audio_output) -> the response, streamed chunk
+by chunk or whole.
 A client that hangs up cancels the handler (aiohttp handler_cancellation), which closes the
 engine's generator, which cancels the synthesis in the worker.
 """
@@ -14,10 +15,8 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 
 import numpy as np
 from aiohttp import web
@@ -31,6 +30,7 @@ from web_demo.server.engines.tts_models import GENERIC_ALIASES, ServedTtsModel, 
 from web_demo.server.errors import BadRequest, ServingError
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import ERROR_EXTRAS, REQUEST_ID
+from web_demo.server.prompt_files import read_prompt_file
 from web_demo.server.routes.asr import read_body, read_form
 
 logger = logging.getLogger(__name__)
@@ -40,30 +40,6 @@ OPENAI_PATH = "/v1/audio/speech"
 SPEAKERS_PATH = "/api/speakers"
 MAX_JSON_OVERHEAD = 256 * 1024  # a body beside its base64 prompt
 _json_response = functools.partial(web.json_response, dumps=functools.partial(json.dumps, ensure_ascii=False))
-
-
-def resolve_prompt_path(prompt_dir: Path | None, value: str) -> Path:
-    """A request's server-side prompt path -> a file inside prompt_dir, symlinks resolved;
-    anything else is refused before its existence is looked at."""
-    if prompt_dir is None:
-        raise BadRequest("this server reads no prompt files (no --prompt-dir); upload the prompt "
-                         "(multipart field prompt_wav) or send prompt_wav_base64", param="prompt_wav")
-    missing = BadRequest(f"no prompt file {value[:200]!r} in the server's prompt directory",
-                         param="prompt_wav")
-    if "\0" in value:
-        raise missing  # realpath() and stat() raise ValueError on a NUL byte
-    root = Path(os.path.realpath(prompt_dir))
-    path = Path(os.path.realpath(root / value))  # an absolute value replaces root, then is checked
-    if not path.is_relative_to(root):
-        raise BadRequest("prompt_wav must name a file inside the server's prompt directory",
-                         param="prompt_wav")
-    try:
-        is_file = path.is_file()
-    except OSError:  # is_file() raises on a name longer than the file system takes (ENAMETOOLONG)
-        is_file = False
-    if not is_file:
-        raise missing
-    return path
 
 
 class TtsRoute:
@@ -117,11 +93,8 @@ class TtsRoute:
                              param="prompt_wav")
         data = upload if upload is not None else body.prompt_wav_bytes
         if body.prompt_wav is not None:
-            path = resolve_prompt_path(self.cfg.prompt_dir, body.prompt_wav)
-            if path.stat().st_size > self._prompt_limits.max_bytes:
-                raise BadRequest(f"the prompt file is larger than {self._prompt_limits.max_bytes} bytes",
-                                 param="prompt_wav")
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(read_prompt_file, self.cfg.prompt_dir, body.prompt_wav,
+                                           max_bytes=self._prompt_limits.max_bytes)
         if data is None:
             return None
         pcm, rate, _ = await asyncio.to_thread(decode_native, data, limits=self._prompt_limits,
@@ -204,8 +177,10 @@ class TtsRoute:
                          ) -> AsyncIterator[tuple[web.StreamResponse, _Encoded]]:
         """Waits for the first audio before sending the status, so that a request that fails
         at once (unknown speaker, bad prompt) still gets its 4xx and JSON error body."""
+        # A streamed FLAC header cannot hold the total length, and libsndfile (soundfile) refuses
+        # such a file: FLAC comes whole, at the end, with its length; every other format streams.
         encoder = audio_output.open_encoder(fmt, synthesis.sample_rate or served.engine.sample_rate,
-                                            streaming=True)
+                                            streaming=fmt != "flac")
         async with contextlib.aclosing(self._timed(served, synthesis)) as chunks:
             first = await _next_chunk(chunks)
             response = web.StreamResponse(headers={**headers, "X-Request-Id": request[REQUEST_ID]})

@@ -106,12 +106,16 @@ class CosyVoice3TtsHandler:
         mode, speaker = self._voice(request)
         rate = request.sample_rate or self._tts.sample_rate
         pieces = list(sentences([text])) if mode is Mode.CROSS_LINGUAL else [text]
+        spoken = False
         for piece in pieces:
             piece, _, instruct = with_system_prompt(mode, piece, None, request.instructions)
             # Each next() waits for this request's tokens (batched in the scheduler thread) and
             # vocodes them in this request's thread; token2wav keeps its state in the stream.
             for pcm in self._tts.stream(piece, mode, speaker, instruct=instruct, seed=request.seed):
+                spoken = True
                 yield PcmChunk(resample(pcm, self._tts.sample_rate, rate), rate)
+        if not spoken:  # only punctuation or symbols: the front end left nothing to say
+            raise BadRequest("the text has nothing to speak (no words after normalisation)", param="text")
 
     def _voice(self, request: SynthesisRequest) -> tuple[Any, Any]:
         from utils.cosyvoice3.text_inputs import Mode
