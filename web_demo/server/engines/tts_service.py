@@ -61,8 +61,6 @@ def check_vllm(cfg: TtsServiceConfig, choice: TtsChoice) -> None:
         raise ValueError("--use-vllm needs a CUDA GPU (vLLM's CosyVoice3 path is CUDA-only); none is visible")
     if importlib.util.find_spec("vllm") is None:
         raise ValueError("--use-vllm: vllm is not installed in this environment (pip install vllm)")
-    raise ValueError("--use-vllm: the vLLM LLM path of our CosyVoice3 runtime is not built yet; "
-                     "run without it (the LLM is batched across requests by our own scheduler)")
 
 
 def describe_tts_choice(cfg: TtsServiceConfig) -> str:
@@ -81,10 +79,14 @@ def build_tts_service_engine(cfg: TtsServiceConfig, workers: WorkerConfig) -> Tt
     if choice.engine == "espeak-ng":
         return WorkerTtsEngine(name=choice.model_id, handler=TTS_HANDLERS["espeak-ng"],
                                init_kwargs={"voice": cfg.espeak_voice}, cfg=workers)
-    init: dict[str, object] = {
-        "model_dir": str(cfg.model_path), "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
-        "speakers_dir": str(cfg.speakers_dir) if cfg.speakers_dir else None,
-        "default_speaker": cfg.default_speaker, "max_batch": cfg.max_batch,
-        "max_concurrent": cfg.max_concurrent}
-    return WorkerTtsEngine(name=choice.model_id, handler=TTS_HANDLERS["cosyvoice3"], init_kwargs=init,
+    return WorkerTtsEngine(name=choice.model_id, handler=TTS_HANDLERS["cosyvoice3"],
+                           init_kwargs=cosyvoice3_init(cfg, str(cfg.model_path), cfg.default_speaker),
                            devices=tts_devices(cfg), cfg=workers)
+
+
+def cosyvoice3_init(cfg: TtsServiceConfig, model_dir: str, default_speaker: str | None) -> dict[str, object]:
+    """The CosyVoice3 worker's init kwargs (CosyVoice3TtsHandler) from the service's flags."""
+    return {"model_dir": model_dir, "dtype": "bfloat16" if cfg.dtype == "auto" else cfg.dtype,
+            "speakers_dir": str(cfg.speakers_dir) if cfg.speakers_dir else None,
+            "default_speaker": default_speaker, "max_batch": cfg.max_batch,
+            "max_concurrent": cfg.max_concurrent, "use_vllm": cfg.use_vllm}

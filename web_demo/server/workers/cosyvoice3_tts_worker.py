@@ -52,7 +52,7 @@ class CosyVoice3TtsHandler:
 
     def __init__(self, *, model_dir: str, device: str = "auto", dtype: str = "float32",
                  speakers_dir: str | None = None, default_speaker: str | None = None,
-                 max_batch: int = 16, max_concurrent: int = 16) -> None:
+                 max_batch: int = 16, max_concurrent: int = 16, use_vllm: bool = False) -> None:
         import torch
 
         from utils.cosyvoice3.synthesizer import CosyVoice3Tts
@@ -66,9 +66,14 @@ class CosyVoice3TtsHandler:
         else:
             dtype = "float32"  # bf16/fp16 are CUDA-only paths of the runtime
         self._tts = CosyVoice3Tts.from_model_dir(model_dir, device=self._device, dtype=getattr(torch, dtype))
-        self._scheduler = TTSScheduler(self._tts.lm, max_batch=max_batch)
-        self._tts.scheduler = self._scheduler
-        self._scheduler.start()
+        self._vllm = use_vllm
+        self._max_batch = max_batch
+        if use_vllm:
+            self._tokens: Any = _vllm_source(self._tts, Path(model_dir), dtype)
+        else:
+            self._tokens = TTSScheduler(self._tts.lm, max_batch=max_batch)
+            self._tokens.start()
+        self._tts.scheduler = self._tokens
         self.max_concurrent = max_concurrent
         self._speakers_dir = Path(speakers_dir) if speakers_dir else None
         self._saved: dict[str, Any] = {}  # name -> Speaker, read from speakers_dir on first use
@@ -78,12 +83,12 @@ class CosyVoice3TtsHandler:
 
     def info(self) -> dict[str, Any]:
         return {"model": self._model, "engine": "cosyvoice3", "device": self._device,
-                "sample_rate": self._tts.sample_rate, "max_batch": self._scheduler.max_batch,
+                "sample_rate": self._tts.sample_rate, "max_batch": self._max_batch,
                 "default_speaker": self._default, "speakers": len(self.speaker_ids()),
-                "vllm_enabled": False}
+                "vllm_enabled": self._vllm}
 
     def shutdown(self) -> None:
-        self._scheduler.stop()  # ends every token stream, so waiting requests return
+        self._tokens.stop()  # ends every token stream, so waiting requests return
 
     def handle(self, request: object) -> Iterator[Any]:
         if isinstance(request, SynthesisRequest):
@@ -205,6 +210,16 @@ class CosyVoice3TtsHandler:
             self._saved[name] = speaker
         logger.info("saved speaker %r (%d prompt tokens)", name, speaker.n_prompt_tokens)
         return name
+
+
+def _vllm_source(tts: Any, model_dir: Path, dtype: str) -> Any:
+    """The LLM exported next to the model (model_dir/vllm, once) and served by vLLM; the torch
+    copy of the Qwen2 layers is then only a reference, as upstream keeps its text embedding."""
+    from utils.cosyvoice3.vllm_export import EXPORT_DIR, export_for_vllm
+    from utils.cosyvoice3.vllm_llm import VllmTokenSource
+
+    exported = export_for_vllm(tts.lm, model_dir / EXPORT_DIR, source=str(model_dir.resolve()))
+    return VllmTokenSource(exported, tts.lm.cfg, dtype="bfloat16" if dtype == "float32" else dtype)
 
 
 def _check_text(request: SynthesisRequest) -> str:
