@@ -55,6 +55,7 @@ class OpenAISpeech:
     speed: float
     instructions: str | None
     stream_format: str
+    seed: int | None  # our extension (the SDK's extra_body): repeatable sampling
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -89,7 +90,8 @@ def parse_openai(body: Mapping[str, Any], *, max_text_chars: int) -> OpenAISpeec
     return OpenAISpeech(model=model, input=_text(body, "input", max_text_chars), voice=_voice(body),
                         response_format=fmt, speed=_speed(body.get("speed", 1.0)),
                         instructions=_opt_str(body, "instructions", max_text_chars),
-                        stream_format=_choice(body, "stream_format", STREAM_FORMATS, "audio"))
+                        stream_format=_choice(body, "stream_format", STREAM_FORMATS, "audio"),
+                        seed=_seed(body.get("seed")))
 
 
 def plan_body(wav: bytes, *, sample_rate: int, duration_s: float) -> dict[str, Any]:

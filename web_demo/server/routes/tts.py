@@ -107,7 +107,7 @@ class TtsRoute:
         body = wire.parse_openai(wire.parse_json_object(raw), max_text_chars=self.cfg.max_text_chars)
         served = self.models.resolve(body.model)
         synthesis = SynthesisRequest(text=body.input, voice=body.voice, speed=body.speed,
-                                     instructions=body.instructions)
+                                     instructions=body.instructions, seed=body.seed)
         if body.stream_format == "sse":
             return await self._stream_sse(request, served, synthesis, body.response_format)
         return await self._stream_audio(request, served, synthesis, body.response_format)

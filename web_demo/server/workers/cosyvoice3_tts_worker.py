@@ -29,7 +29,8 @@ from utils.audio import resample
 from web_demo.server.devices import resolve_device
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SpeakerList, SynthesisRequest
 from web_demo.server.errors import BadRequest, NotFound
-from web_demo.server.tts_protocol import OPENAI_VOICES
+from web_demo.server.tempo import TempoStretch
+from web_demo.server.tts_protocol import MAX_SPEED, MIN_SPEED, OPENAI_VOICES
 from web_demo.server.workers.handler import unknown_request
 
 logger = logging.getLogger(__name__)
@@ -106,10 +107,12 @@ class CosyVoice3TtsHandler:
         from utils.cosyvoice3.text_inputs import Mode, with_system_prompt
 
         text = _check_text(request)
-        if request.speed != 1.0:
-            raise BadRequest("cosyvoice3 synthesises at speed 1.0 only", param="speed")
+        if not MIN_SPEED <= request.speed <= MAX_SPEED:
+            raise BadRequest(f"speed must be within [{MIN_SPEED}, {MAX_SPEED}]", param="speed")
         mode, speaker = self._voice(request)
         rate = request.sample_rate or self._tts.sample_rate
+        # CosyVoice3 speaks at one rate: other speeds are a pitch-preserving time stretch
+        tempo = TempoStretch(self._tts.sample_rate, request.speed) if request.speed != 1.0 else None
         pieces = list(sentences([text])) if mode is Mode.CROSS_LINGUAL else [text]
         spoken = False
         for piece in pieces:
@@ -118,7 +121,12 @@ class CosyVoice3TtsHandler:
             # vocodes them in this request's thread; token2wav keeps its state in the stream.
             for pcm in self._tts.stream(piece, mode, speaker, instruct=instruct, seed=request.seed):
                 spoken = True
-                yield PcmChunk(resample(pcm, self._tts.sample_rate, rate), rate)
+                if tempo is not None:
+                    pcm = tempo.process(pcm)
+                if len(pcm):
+                    yield PcmChunk(resample(pcm, self._tts.sample_rate, rate), rate)
+        if tempo is not None and len(tail := tempo.flush()):
+            yield PcmChunk(resample(tail, self._tts.sample_rate, rate), rate)
         if not spoken:  # only punctuation or symbols: the front end left nothing to say
             raise BadRequest("the text has nothing to speak (no words after normalisation)", param="text")
 
