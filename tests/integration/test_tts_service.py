@@ -447,8 +447,9 @@ async def test_espeak_health_models_and_metrics(espeak: LiveService) -> None:
         async with session.get(espeak.url + "/health") as response:  # public: no key
             health = await response.json()
         assert response.status == 200
-        assert {k: health[k] for k in ("status", "model", "device", "vllm_enabled")} == {
-            "status": "healthy", "model": "espeak-ng", "device": "cpu", "vllm_enabled": False}
+        assert {k: health[k] for k in ("status", "model", "device", "vllm_enabled", "stand_in")} == {
+            "status": "healthy", "model": "espeak-ng", "device": "cpu", "vllm_enabled": False,
+            "stand_in": True}
         async with session.get(espeak.url + "/v1/models") as response:
             assert response.status == 401  # every other route needs the key
     async with aiohttp.ClientSession(headers=AUTH) as session:

@@ -86,7 +86,7 @@ class CosyVoice3TtsHandler:
         return {"model": self._model, "engine": "cosyvoice3", "device": self._device,
                 "sample_rate": self._tts.sample_rate, "max_batch": self._max_batch,
                 "default_speaker": self._default, "speakers": len(self.speaker_ids()),
-                "vllm_enabled": self._vllm}
+                "vllm_enabled": self._vllm, "stand_in": False}
 
     def shutdown(self) -> None:
         self._tokens.stop()  # ends every token stream, so waiting requests return

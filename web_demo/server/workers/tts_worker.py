@@ -47,7 +47,8 @@ class EspeakHandler:
 
     def info(self) -> dict[str, Any]:
         return {"model": "espeak-ng", "engine": "espeak-ng", "voice": self._voice, "device": "cpu",
-                "sample_rate": WIRE_SAMPLE_RATE, "vllm_enabled": False}
+                "sample_rate": WIRE_SAMPLE_RATE, "vllm_enabled": False, "stand_in": True,
+                "speaker_ids": "CosyVoice's SFT ids and OpenAI's voices map to espeak-ng voices"}
 
     def handle(self, request: object) -> Iterator[Any]:
         if isinstance(request, SpeakerList):
