@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from utils.audio import resample
+from utils.cosyvoice3.speakers import Speaker, load_speaker, save_speaker
+from utils.cosyvoice3.synthesizer import CosyVoice3Tts, sentences
+from utils.cosyvoice3.text_inputs import Mode, with_system_prompt
+from utils.cosyvoice3.tts_scheduler import TTSScheduler
+from utils.cosyvoice3.vllm_export import EXPORT_DIR, export_for_vllm
+from utils.cosyvoice3.vllm_llm import VllmTokenSource
 from web_demo.server.devices import resolve_device
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SpeakerList, SynthesisRequest
 from web_demo.server.errors import BadRequest, NotFound
@@ -54,11 +61,6 @@ class CosyVoice3TtsHandler:
     def __init__(self, *, model_dir: str, device: str = "auto", dtype: str = "float32",
                  speakers_dir: str | None = None, default_speaker: str | None = None,
                  max_batch: int = 16, max_concurrent: int = 16, use_vllm: bool = False) -> None:
-        import torch
-
-        from utils.cosyvoice3.synthesizer import CosyVoice3Tts
-        from utils.cosyvoice3.tts_scheduler import TTSScheduler
-
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
         self._device = resolve_device(device)
@@ -70,14 +72,14 @@ class CosyVoice3TtsHandler:
         self._vllm = use_vllm
         self._max_batch = max_batch
         if use_vllm:
-            self._tokens: Any = _vllm_source(self._tts, Path(model_dir), dtype)
+            self._tokens: TTSScheduler | VllmTokenSource = _vllm_source(self._tts, Path(model_dir), dtype)
         else:
             self._tokens = TTSScheduler(self._tts.lm, max_batch=max_batch)
             self._tokens.start()
         self._tts.scheduler = self._tokens
         self.max_concurrent = max_concurrent
         self._speakers_dir = Path(speakers_dir) if speakers_dir else None
-        self._saved: dict[str, Any] = {}  # name -> Speaker, read from speakers_dir on first use
+        self._saved: dict[str, Speaker] = {}  # read from speakers_dir on first use
         self._lock = threading.Lock()  # guards _saved (requests run in several threads)
         self._model = Path(model_dir).name
         self._default = self._default_speaker(default_speaker)
@@ -103,9 +105,6 @@ class CosyVoice3TtsHandler:
     # ------------------------------------------------------------------ synthesis
 
     def _synthesize(self, request: SynthesisRequest) -> Iterator[PcmChunk]:
-        from utils.cosyvoice3.synthesizer import sentences
-        from utils.cosyvoice3.text_inputs import Mode, with_system_prompt
-
         text = _check_text(request)
         if not MIN_SPEED <= request.speed <= MAX_SPEED:
             raise BadRequest(f"speed must be within [{MIN_SPEED}, {MAX_SPEED}]", param="speed")
@@ -130,9 +129,7 @@ class CosyVoice3TtsHandler:
         if not spoken:  # only punctuation or symbols: the front end left nothing to say
             raise BadRequest("the text has nothing to speak (no words after normalisation)", param="text")
 
-    def _voice(self, request: SynthesisRequest) -> tuple[Any, Any]:
-        from utils.cosyvoice3.text_inputs import Mode
-
+    def _voice(self, request: SynthesisRequest) -> tuple[Mode, Speaker]:
         if request.prompt_audio is not None:
             speaker = self._speaker_from_audio(request.prompt_audio, request.prompt_text)
             mode = Mode.ZERO_SHOT if request.prompt_text else Mode.CROSS_LINGUAL
@@ -143,9 +140,7 @@ class CosyVoice3TtsHandler:
             mode = Mode.INSTRUCT2
         return mode, speaker
 
-    def _speaker_from_audio(self, audio: PcmChunk, prompt_text: str | None) -> Any:
-        import torch
-
+    def _speaker_from_audio(self, audio: PcmChunk, prompt_text: str | None) -> Speaker:
         wave = torch.from_numpy(np.ascontiguousarray(audio.pcm, dtype=np.float32))[None]
         try:
             return self._tts.make_speaker((wave, audio.sample_rate), prompt_text)
@@ -154,7 +149,7 @@ class CosyVoice3TtsHandler:
 
     # ------------------------------------------------------------------ speakers
 
-    def speaker(self, name: str | None) -> Any:
+    def speaker(self, name: str | None) -> Speaker:
         if name is None:
             raise BadRequest("no speaker given and the server has no default speaker; pass "
                              "speaker_id (GET /api/speakers lists them) or a prompt", param="speaker_id")
@@ -170,17 +165,13 @@ class CosyVoice3TtsHandler:
     def _default_speaker(self, name: str | None) -> str | None:
         """A speaker id, or (from the command line only, never from a request) the path of a
         saved speaker file, loaded now under its file name."""
-        from utils.cosyvoice3.speakers import load_speaker
-
         if name is None or not name.endswith(SPEAKER_SUFFIX) or not Path(name).is_file():
             return name
         key = Path(name).name[:-len(SPEAKER_SUFFIX)]
         self._saved[key] = load_speaker(name)
         return key
 
-    def _load_saved(self, name: str) -> Any:
-        from utils.cosyvoice3.speakers import load_speaker
-
+    def _load_saved(self, name: str) -> Speaker:
         path = self._speaker_path(name) if _SPEAKER_NAME.match(name) else None
         if path is None or not path.is_file():
             raise NotFound(f"unknown speaker {name[:80]!r}; known: {self.speaker_ids()[:20]}",
@@ -196,8 +187,6 @@ class CosyVoice3TtsHandler:
         return None if self._speakers_dir is None else self._speakers_dir / f"{name}{SPEAKER_SUFFIX}"
 
     def _create_speaker(self, request: SpeakerCreate) -> str:
-        from utils.cosyvoice3.speakers import save_speaker
-
         name = check_speaker_name(request.name)
         path = self._speaker_path(name)
         if path is None:
@@ -220,12 +209,9 @@ class CosyVoice3TtsHandler:
         return name
 
 
-def _vllm_source(tts: Any, model_dir: Path, dtype: str) -> Any:
+def _vllm_source(tts: CosyVoice3Tts, model_dir: Path, dtype: str) -> VllmTokenSource:
     """The LLM exported next to the model (model_dir/vllm, once) and served by vLLM; the torch
     copy of the Qwen2 layers is then only a reference, as upstream keeps its text embedding."""
-    from utils.cosyvoice3.vllm_export import EXPORT_DIR, export_for_vllm
-    from utils.cosyvoice3.vllm_llm import VllmTokenSource
-
     exported = export_for_vllm(tts.lm, model_dir / EXPORT_DIR, source=str(model_dir.resolve()))
     return VllmTokenSource(exported, tts.lm.cfg, dtype="bfloat16" if dtype == "float32" else dtype)
 
