@@ -18,8 +18,9 @@ import pytest
 
 from tests.fake_openai_asr import FakeOpenAIAsr, Fault
 from tests.fakes import FakeAsr
-from web_demo.server.engines.asr_failover import AllEnginesDown, CircuitBreaker, FailoverAsrEngine
+from web_demo.server.engines.asr_failover import FailoverAsrEngine
 from web_demo.server.engines.base import Segment, Transcription, TranscriptionRequest, Word
+from web_demo.server.engines.failover import AllEnginesDown, CircuitBreaker
 from web_demo.server.engines.remote_asr import (
     OpenAITranscriptionsEngine,
     Qwen3ChatAsrEngine,

@@ -20,8 +20,8 @@ from tests.fake_openai_tts import SPEECH, FakeOpenAITts, Fault, tone_24k
 from tests.fakes import FAST, wait_until
 from web_demo.server.app import LIFECYCLE, make_app
 from web_demo.server.config import HttpConfig, TtsServiceConfig
-from web_demo.server.engines.asr_failover import AllEnginesDown
 from web_demo.server.engines.base import PcmChunk, SynthesisRequest, TtsEngine
+from web_demo.server.engines.failover import AllEnginesDown
 from web_demo.server.engines.remote_asr import RemoteUnavailable
 from web_demo.server.engines.tts_failover import FailoverTtsEngine
 from web_demo.server.engines.tts_models import (

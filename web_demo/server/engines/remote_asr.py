@@ -5,7 +5,7 @@
 - `Qwen3ChatAsrEngine` sends it to `/v1/chat/completions` the way Qwen3-ASR expects it.
 
 The audio always travels as a 16 kHz mono 16-bit WAV. Every failure is sorted into one of two
-families, which is what failover (asr_failover.py) acts on:
+families, which is what failover (failover.py) acts on:
 - the remote rejected the input (HTTP 400, 413, 422): BadRequest / PayloadTooLarge with the
   remote's message; another engine would reject it too, so never fail over;
 - the remote could not serve (connect error, timeout, 5xx, 429, other 4xx, an answer that is not

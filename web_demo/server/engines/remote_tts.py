@@ -105,7 +105,7 @@ class PcmDecoder:
 
 class OpenAISpeechEngine:
     """Synthesises through a server's /v1/audio/speech. It is a TtsEngine, and a ProbedEngine
-    (asr_failover.py) through probe().
+    (failover.py) through probe().
 
     Owned by whoever built it, which calls start() and aclose(). The API key lives only in
     the session's headers and is never logged.

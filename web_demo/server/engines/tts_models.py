@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 from web_demo.server.config import TtsServiceConfig, WorkerConfig
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SynthesisRequest, TtsEngine
-from web_demo.server.engines.tts_failover import FailoverTtsEngine, reported_status
+from web_demo.server.engines.failover import reported_status
+from web_demo.server.engines.tts_failover import FailoverTtsEngine
 from web_demo.server.engines.tts_registry import TtsModelSpec, TtsRegistry, TtsRemoteTarget
 from web_demo.server.engines.tts_service import (
     TTS_HANDLERS,
