@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web_demo.server.engines.base import AsrEngine, Transcription, TranscriptionRequest
+from web_demo.server.engines.failover import SharedEngine
 from web_demo.server.errors import BadRequest, ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -102,39 +103,11 @@ class AsrModels:
                 "engine": self.name, "models": models, "workers": workers}
 
 
-class SharedAsrEngine:
-    """One engine used by several owners (a model served itself and as another's fallback):
-    the first start() starts it, the last aclose() closes it; the rest passes through."""
-
-    def __init__(self, engine: AsrEngine) -> None:
-        self.engine = engine
-        self.name = engine.name
-        self._owners = 0
-        self._lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._owners == 0:
-                await self.engine.start()
-            self._owners += 1
-
-    async def aclose(self) -> None:
-        async with self._lock:
-            if self._owners == 0:
-                return
-            self._owners -= 1
-            if self._owners == 0:
-                await self.engine.aclose()
+class SharedAsrEngine(SharedEngine[AsrEngine]):
+    """An ASR engine shared by several models (failover.SharedEngine)."""
 
     async def transcribe(self, request: TranscriptionRequest) -> Transcription:
         return await self.engine.transcribe(request)
-
-    async def probe(self) -> bool:
-        probe = getattr(self.engine, "probe", None)
-        return True if probe is None else bool(await probe())
-
-    def health(self) -> dict[str, Any]:
-        return self.engine.health()
 
 
 def _status(raw: dict[str, Any]) -> str:

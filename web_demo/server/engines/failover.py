@@ -253,3 +253,36 @@ def _member_health(member: Member[Any], raw: dict[str, Any]) -> dict[str, Any]:
             "failures": member.breaker.failures, "status": reported_status(raw),
             "model": raw.get("model"), "device": raw.get("device"),
             "last_error": member.breaker.last_error or raw.get("last_error")}
+
+
+class SharedEngine(Generic[E]):
+    """One engine used by several owners (a model served itself and as another's fallback):
+    the first start() starts it, the last aclose() closes it. Subclasses pass requests through."""
+
+    def __init__(self, engine: E) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self._owners = 0
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._owners == 0:
+                await self.engine.start()
+            self._owners += 1
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._owners == 0:
+                return
+            self._owners -= 1
+            if self._owners == 0:
+                await self.engine.aclose()
+
+    async def probe(self) -> bool:
+        """The engine's own probe; one without (a local worker) counts as answering."""
+        probe = getattr(self.engine, "probe", None)
+        return True if probe is None else bool(await probe())
+
+    def health(self) -> dict[str, Any]:
+        return self.engine.health()

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from web_demo.server.config import TtsServiceConfig, WorkerConfig
 from web_demo.server.engines.base import PcmChunk, SpeakerCreate, SynthesisRequest, TtsEngine
-from web_demo.server.engines.failover import reported_status
+from web_demo.server.engines.failover import SharedEngine, reported_status
 from web_demo.server.engines.tts_failover import FailoverTtsEngine
 from web_demo.server.engines.tts_registry import TtsModelSpec, TtsRegistry, TtsRemoteTarget
 from web_demo.server.engines.tts_service import (
@@ -121,30 +121,12 @@ class TtsModels:
                 "model": self.default, "models": reports, "workers": workers}
 
 
-class SharedTtsEngine:
-    """One engine used by several owners (a model served itself and as another's fallback):
-    the first start() starts it, the last aclose() closes it; the rest passes through."""
+class SharedTtsEngine(SharedEngine[TtsEngine]):
+    """A TTS engine shared by several models (failover.SharedEngine)."""
 
     def __init__(self, engine: TtsEngine) -> None:
-        self.engine = engine
-        self.name = engine.name
+        super().__init__(engine)
         self.sample_rate = engine.sample_rate
-        self._owners = 0
-        self._lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._owners == 0:
-                await self.engine.start()
-            self._owners += 1
-
-    async def aclose(self) -> None:
-        async with self._lock:
-            if self._owners == 0:
-                return
-            self._owners -= 1
-            if self._owners == 0:
-                await self.engine.aclose()
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
         async with aclosing(self.engine.synthesize(request)) as chunks:
@@ -156,14 +138,6 @@ class SharedTtsEngine:
 
     async def add_speaker(self, request: SpeakerCreate) -> str:
         return await self.engine.add_speaker(request)
-
-    async def probe(self) -> bool:
-        """The engine's own probe; one without (a local worker) counts as answering."""
-        probe = getattr(self.engine, "probe", None)
-        return True if probe is None else bool(await probe())
-
-    def health(self) -> dict[str, Any]:
-        return self.engine.health()
 
 
 def build_tts_registry_models(registry: TtsRegistry, cfg: TtsServiceConfig, workers: WorkerConfig, *,
