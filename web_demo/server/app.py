@@ -23,7 +23,7 @@ from aiohttp import web
 from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig, TtsServiceConfig
 from web_demo.server.engines.asr_models import AsrModels
 from web_demo.server.engines.base import AsrEngine, S2SEngine, TtsEngine
-from web_demo.server.lifecycle import Lifecycle, Phase, serve
+from web_demo.server.lifecycle import Lifecycle, Phase, serve, tls_context
 from web_demo.server.metrics import CONTENT_TYPE, Metrics
 from web_demo.server.middleware import (
     ERROR_EXTRAS,
@@ -151,4 +151,12 @@ async def metrics_page(request: web.Request) -> web.Response:
 
 def run_service(app: web.Application, sock: socket.socket, cfg: HttpConfig) -> NoReturn:
     """Every entrypoint's last step: serve until SIGTERM/SIGINT, exit with serve()'s code."""
-    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=cfg.drain_timeout_s)))
+    try:
+        ssl_context = tls_context(cfg.ssl_certfile, cfg.ssl_keyfile)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        sys.exit(f"{exc}")
+    if ssl_context is not None:
+        logger.info("serving HTTPS and WSS with %s", cfg.ssl_certfile)
+    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=cfg.drain_timeout_s,
+                               ssl_context=ssl_context)))

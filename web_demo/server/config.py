@@ -97,8 +97,15 @@ class HttpConfig:
                                   "finish before sockets close", name="--drain-timeout")
     log_level: str = flag("INFO", "log level", name="--log-level",
                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    ssl_certfile: Path | None = flag(None, "serve HTTPS/WSS with this PEM certificate (browsers give "
+                                     "the microphone only to secure origins; see scripts/make_cert.sh)",
+                                     name="--ssl-certfile", type=Path)
+    ssl_keyfile: Path | None = flag(None, "the certificate's PEM private key", name="--ssl-keyfile",
+                                    type=Path)
 
     def __post_init__(self) -> None:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("give --ssl-certfile and --ssl-keyfile together")
         if not 0 <= self.port < 65536:
             raise ValueError(f"--port must be 0..65535, got {self.port}")
         if self.drain_timeout_s < 0:

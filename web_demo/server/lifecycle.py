@@ -15,7 +15,9 @@ import enum
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -107,8 +109,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def tls_context(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plain HTTP; a bad file raises ValueError at start."""
+    if certfile is None or keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate {certfile} / key {keyfile}: {exc}") from exc
+    return context
+
+
 async def serve(app: web.Application, sock: socket.socket, *, lifecycle: Lifecycle,
-                drain_timeout_s: float) -> int:
+                drain_timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> int:
     """Runs the app on a bound socket until a signal; returns the process exit code."""
     # handler_cancellation: a client that hangs up cancels its handler, so the engine work it
     # waits on (a queued worker request, remaining long-audio chunks) is dropped, not finished
@@ -116,7 +130,7 @@ async def serve(app: web.Application, sock: socket.socket, *, lifecycle: Lifecyc
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0,
                            handler_cancellation=True)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
 
