@@ -137,9 +137,12 @@ class TtsRoute:
     # -- responses ------------------------------------------------------------------------
     async def _collect(self, served: ServedTtsModel, synthesis: SynthesisRequest) -> tuple[np.ndarray, int]:
         parts, rate = [], served.engine.sample_rate
-        async for chunk in self._timed(served, synthesis):
-            parts.append(chunk.pcm)
-            rate = chunk.sample_rate
+        # closed at once when the client hangs up (the handler is cancelled here), which stops
+        # the synthesis in the worker, as the streamed responses do
+        async with contextlib.aclosing(self._timed(served, synthesis)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.pcm)
+                rate = chunk.sample_rate
         return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rate
 
     async def _stream_audio(self, request: web.Request, served: ServedTtsModel,
