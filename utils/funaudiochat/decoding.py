@@ -56,6 +56,9 @@ class TurnRow:
         self.crq_prev = cfg.audio.bos_token_id  # feedback token of the next CRQ sub-step
         self.force_abos = speech  # upstream's server forces <|audio_bos|> as the first token
         self.generator = make_generator(params.seed, dev)
+        self.speech_params = params.speech or params
+        self.speech_generator = (self.generator if params.speech is None
+                                 else make_generator(params.speech.seed, dev))
         self.streamed: list[int] = []
         self._text = ""
         self.steps = 0
@@ -74,10 +77,13 @@ class TurnRow:
     # -- token choice -------------------------------------------------------------------------
     def text_choice(self) -> ChoiceRow:
         ban = self.tok.sil if self.params.ban_sil_after_bos and self.ids[-1] == self.tok.audio_bos else None
-        return ChoiceRow(self.params, self.generator, self.seen_text, self.ids, ban)
+        seen = _windowed(self.seen_text, self.ids, self.params.penalty_window)
+        return ChoiceRow(self.params, self.generator, seen, self.ids, ban)
 
     def speech_choice(self, seen: Tensor, chosen: list[int]) -> ChoiceRow:
-        return ChoiceRow(self.params, self.generator, seen, self.speech_ids + chosen)
+        context = self.speech_ids + chosen
+        seen = _windowed(seen, context, self.speech_params.penalty_window)
+        return ChoiceRow(self.speech_params, self.speech_generator, seen, context)
 
     # -- bookkeeping after a step -----------------------------------------------------------
     def apply(self, text_token: int, crq_tokens: list[int] | None) -> StepResult:
@@ -123,6 +129,16 @@ class TurnRow:
     def generated_ids(self) -> list[int]:
         """Generated ids as recorded in the turn (after the <|audio_eos|> substitution)."""
         return self.ids[self.prompt_len :]
+
+
+def _windowed(seen: Tensor, context: Sequence[int], window: int | None) -> Tensor:
+    """The penalty's presence mask: `seen` (the whole context), or only the last `window` tokens."""
+    if window is None:
+        return seen
+    mask = torch.zeros_like(seen)
+    if context:
+        mask[torch.tensor(context[-window:], device=seen.device)] = True
+    return mask
 
 
 def choose_text(rows: list[TurnRow], logits: Tensor) -> list[int]:

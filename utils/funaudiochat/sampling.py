@@ -41,6 +41,13 @@ class SamplingParams:
     ban_sil_after_bos: bool = True  # bad_words_ids [[<|audio_bos|>, <|sil|>]]
     seed: int | None = None
     extra_processor: ExtraLogitsProcessor | None = None
+    # The penalty sees only the last N tokens of its context (moshi's repetition_penalty_context);
+    # None: the whole context, as upstream Fun-Audio-Chat penalises.
+    penalty_window: int | None = None
+    # Settings of the speech tokens, with their own RNG, when they differ from the text's
+    # (upstream's browser client sets text_* and audio_* apart); None: these settings and RNG.
+    # Its own max_steps, text_greedy, ban_sil_after_bos and speech field are not read.
+    speech: SamplingParams | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -49,6 +56,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0 or self.repetition_penalty <= 0 or self.max_steps < 1:
             raise ValueError("top_k >= 0, repetition_penalty > 0 and max_steps >= 1 are required")
+        if self.penalty_window is not None and self.penalty_window < 1:
+            raise ValueError("penalty_window must be >= 1 (None: the whole context)")
 
 
 @dataclass

@@ -14,11 +14,30 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling settings one session asked for (upstream's browser client puts them in its
+    query string); None: the engine's own. Engines that do not sample ignore them.
+
+    A temperature of 0 means greedy; a top-k of 0 means no top-k limit; a negative seed means
+    a random one (moshi's convention). `repetition_window` limits the repetition penalty to
+    the last N tokens. sampling_query.py parses and clamps them."""
+    text_temperature: float | None = None
+    text_top_k: int | None = None
+    speech_temperature: float | None = None
+    speech_top_k: int | None = None
+    text_seed: int | None = None
+    speech_seed: int | None = None
+    repetition_penalty: float | None = None
+    repetition_window: int | None = None
+
+
+@dataclass(frozen=True)
 class ReplyRequest:
     """One finished user turn of a conversation, to be answered."""
     turn_index: int  # 0-based, counts every turn of the session, restarts included
     system_prompt: str | None
     user_audio_16k: np.ndarray = field(repr=False)  # float32 [T]
+    sampling: SamplingOptions | None = None  # None: the engine's own settings
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -23,6 +24,7 @@ from web_demo.server.engines.base import (
     QueuePosition,
     ReplyEvent,
     ReplyRequest,
+    SamplingOptions,
     TextDelta,
     TranscriptionRequest,
     UserTranscript,
@@ -103,6 +105,32 @@ class FunAudioChatEngine:
                 "workers": workers}
 
 
+def turn_sampling(base: Any, options: SamplingOptions | None) -> Any:
+    """The runtime's SamplingParams of one turn: the engine's `base` with what the session
+    asked for; text and speech get their own settings (and RNG) once the session sets any."""
+    if options is None:
+        return base
+
+    def kind(params: Any, temperature: float | None, top_k: int | None, seed: int | None) -> Any:
+        changes: dict[str, Any] = {"seed": params.seed if seed is None else seed}
+        if temperature is not None:  # 0: greedy, which the runtime spells do_sample=False
+            changes.update(do_sample=temperature > 0,
+                           temperature=temperature if temperature > 0 else params.temperature)
+        if top_k is not None:
+            changes["top_k"] = top_k
+        return dataclasses.replace(params, **changes)
+
+    shared: dict[str, Any] = {"speech": None}
+    if options.repetition_penalty is not None:
+        shared["repetition_penalty"] = options.repetition_penalty
+    if options.repetition_window is not None:
+        shared["penalty_window"] = options.repetition_window
+    common = dataclasses.replace(base, **shared)
+    speech = kind(common, options.speech_temperature, options.speech_top_k, options.speech_seed)
+    text = kind(common, options.text_temperature, options.text_top_k, options.text_seed)
+    return dataclasses.replace(text, speech=speech)
+
+
 class FunAudioChatConversation:
     """One session's ConversationState and its latest turn; used by one reply at a time."""
 
@@ -126,7 +154,8 @@ class FunAudioChatConversation:
         await self._settle(request.system_prompt)
         try:
             handle = engine.scheduler.submit(self._state, UserTurn(audio=request.user_audio_16k),
-                                             engine.sampling, mode="s2s")
+                                             turn_sampling(engine.sampling, request.sampling),
+                                             mode="s2s")
         except RuntimeError as exc:
             engine.check_alive(exc)
             raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
