@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ from safetensors.numpy import load_file
 
 from tests.fakes import FAST, FakeAsr, wait_until
 from tests.helpers import speech_24k, tone_pages
+from tests.unit.test_sampling_query import UPSTREAM_QUERY
 from utils.funaudiochat import SamplingParams
 from utils.opus import encode_browser_pages
+from web_demo.chat_client import ChatClient
 from web_demo.server.engines.base import Transcription, TranscriptionRequest
 from web_demo.server.engines.funaudiochat import FunAudioChatEngine
 from web_demo.server.engines.local import WorkerVocoder
@@ -38,17 +41,21 @@ def speaker_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class CountingVocoder(WorkerVocoder):
-    """Counts the speech codes pushed to each stream (what the audio length must match)."""
+    """Counts the speech codes pushed to each stream (what the audio length must match) and
+    keeps them."""
 
     codes_per_stream: list[int]
+    tokens_per_stream: list[list[int]]
 
     def open_stream(self):
-        stream, counts = super().open_stream(), self.codes_per_stream
+        stream, counts, kept = super().open_stream(), self.codes_per_stream, self.tokens_per_stream
         counts.append(0)
+        kept.append([])
         push = stream.push
 
         async def counting_push(tokens):
             counts[-1] += sum(1 for t in tokens if 0 <= t < 6561)
+            kept[-1].extend(tokens)
             return await push(tokens)
 
         stream.push = counting_push  # type: ignore[method-assign]
@@ -58,7 +65,7 @@ class CountingVocoder(WorkerVocoder):
 def tiny_engine(speaker_npy: Path, max_steps: int) -> FunAudioChatEngine:
     vocoder = CountingVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
         "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker_npy)})
-    vocoder.codes_per_stream = []
+    vocoder.codes_per_stream, vocoder.tokens_per_stream = [], []
     return FunAudioChatEngine(
         model_path=FAC / "model", tokenizer_path=FAC / "tokenizers" / "substitute_text_tokenizer",
         device="cpu", vocoder=vocoder, sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
@@ -119,6 +126,24 @@ async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> 
     assert all(r.errors == [] and len(r.audio_pages) > 0 for r in replies)
     assert len(engine.conversations) == 3
     assert len(engine.vocoder.codes_per_stream) == 3  # one vocoder stream per reply
+
+
+async def test_the_upstream_clients_sampling_settings_reach_the_model(chat_server, speaker_npy) -> None:
+    engine = tiny_engine(speaker_npy, max_steps=6)  # its own settings: greedy
+    client, _ = await chat_server(engine)
+
+    async def speech_tokens(query: dict[str, str]) -> list[int]:
+        chat = ChatClient(await client.ws_connect("/api/simplex?" + urlencode(query)))
+        await chat.handshake()
+        await chat.turn(tone_pages(0.6))
+        assert (await chat.receive_reply(timeout=120)).errors == []
+        await chat.aclose()
+        return engine.vocoder.tokens_per_stream[-1]
+
+    seeded = await speech_tokens(UPSTREAM_QUERY)  # sampled: top-k 250 at 0.8, seeded
+    assert seeded and seeded == await speech_tokens(UPSTREAM_QUERY)
+    assert seeded != await speech_tokens({**UPSTREAM_QUERY, "audio_seed": "1"})
+    assert seeded != await speech_tokens({})  # greedy
 
 
 class FailingAsr(FakeAsr):

@@ -14,6 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from web_demo.server.vad import SILENCE_MS_RANGE, THRESHOLD_RANGE, VadSettings
+
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
 C = TypeVar("C")
@@ -135,8 +137,21 @@ class ChatConfig:
                                   "connection", name="--write-timeout")
     ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",
                                  name="--ws-heartbeat")
+    vad_threshold: float = flag(0.5, "server-side VAD, for sessions that ask for it (?vad=1): a 32 ms "
+                                "frame whose speech probability is at least this is speech "
+                                f"({THRESHOLD_RANGE[0]}-{THRESHOLD_RANGE[1]}; a session may set its own)",
+                                name="--vad-threshold")
+    vad_silence_ms: int = flag(500, "server-side VAD: this many ms of silence after speech end the "
+                               f"user's turn ({SILENCE_MS_RANGE[0]}-{SILENCE_MS_RANGE[1]}; a session "
+                               "may set its own)", name="--vad-silence-ms")
+
+    @property
+    def vad(self) -> VadSettings:
+        """The VAD settings of a session that asks for VAD without giving its own."""
+        return VadSettings(threshold=self.vad_threshold, silence_ms=self.vad_silence_ms)
 
     def __post_init__(self) -> None:
+        _ = self.vad  # raises ValueError on out-of-range VAD flags
         if self.max_sessions < 1:
             raise ValueError("--max-sessions must be at least 1")
         if self.history_turns < 0:

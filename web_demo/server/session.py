@@ -41,6 +41,7 @@ from web_demo.server.engines.base import (
     ReplyRequest,
     S2SConversation,
     S2SEngine,
+    SamplingOptions,
     TextDelta,
     UserTranscript,
 )
@@ -48,6 +49,7 @@ from web_demo.server.errors import EngineDead, ProtocolError, ServingError
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
+from web_demo.server.vad import VAD_KEYS, SileroVad, VadEvent, VadSettings, VadTurnTracker, requested_vad
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,9 @@ class ChatSession:
 
     def __init__(self, ws: web.WebSocketResponse, *, engine: S2SEngine, cfg: ChatConfig,
                  lifecycle: Lifecycle, metrics: Metrics, transport: asyncio.Transport | None,
-                 extras: bool = False, session_id: str | None = None) -> None:
+                 extras: bool = False, sampling: SamplingOptions | None = None,
+                 vad: VadSettings | None = None, vad_model: SileroVad | None = None,
+                 session_id: str | None = None) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self._ws = ws
         self._transport = transport  # aborted when the client stops reading
@@ -112,10 +116,15 @@ class ChatSession:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._extras = extras  # opt-in 0x04 frames that old clients do not know
+        self._sampling = sampling  # the client's own sampling settings, for every turn
         self._decoder = OpusStreamDecoder()
         self._encoder = OpusStreamEncoder()
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(cfg.max_outbox_frames)
-        self._recording = True  # from the handshake on, as upstream's client expects
+        # From the handshake on, as upstream's client expects; with VAD, from speech onset.
+        self._recording = vad is None
+        self._vad_settings = vad or cfg.vad
+        self._vad_model = vad_model or SileroVad()  # the route's, shared by its sessions
+        self._vad = None if vad is None else VadTurnTracker(self._vad_model, vad)
         self._turn_chunks_24k: list[np.ndarray] = []
         self._turn_samples = 0
         self._turn_overflowed = False
@@ -139,6 +148,8 @@ class ChatSession:
         """Serves the connection until the client leaves; always cleans up."""
         self._conversation = self._engine.open_session(self.id, history_turns=self._cfg.history_turns)
         self._emit(Outgoing(frame=protocol.HANDSHAKE_FRAME))
+        if self._vad is not None:
+            self._emit_vad_settings()
         self._last_sent = asyncio.get_running_loop().time()
         self._tick()
         try:
@@ -202,7 +213,7 @@ class ChatSession:
 
     async def _on_message(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, AudioIn):
-            self._on_audio(message.ogg)
+            await self._on_audio(message.ogg)
         elif isinstance(message, ControlIn):
             await self._on_control(message.action)
         elif isinstance(message, MetadataIn):
@@ -210,13 +221,39 @@ class ChatSession:
         elif isinstance(message, Ignored):
             logger.debug("session %s: ignored %s frame", self.id, message.kind.name)
 
-    def _on_audio(self, ogg: bytes) -> None:
+    async def _on_audio(self, ogg: bytes) -> None:
         # Decode even while not recording: the decoder is continuous for the connection.
         try:
             pcm_24k = self._decoder.decode(ogg)
         except ValueError as exc:
             raise ProtocolError(f"audio could not be decoded ({exc}); the frame was dropped") from None
-        if not self._recording or len(pcm_24k) == 0:
+        if self._vad is None:
+            if self._recording:
+                self._record(pcm_24k)
+            return
+        # Hands-free: the VAD hears everything; pieces of <= 40 ms, so events land in time.
+        for piece, event in self._vad.feed(pcm_24k):
+            if self._recording:
+                self._record(piece)
+            if event is not None:
+                await self._on_vad(event)
+
+    async def _on_vad(self, event: VadEvent) -> None:
+        """Speech started: barge-in as a `start` does, and the turn begins with the pre-roll
+        (unless a `start` already began one). Speech stopped: the turn ends as `pause` does."""
+        self._emit_extra({"type": "vad", "event": event.kind, "at_s": round(event.at_s, 3)})
+        logger.info("session %s: VAD %s at %.2f s", self.id, event.kind, event.at_s)
+        if event.preroll_24k is not None:
+            await self._interrupt_reply()
+            if not self._recording:
+                self._start_recording()
+                self._record(event.preroll_24k)
+        elif self._recording:
+            self._recording = False
+            await self._end_turn()
+
+    def _record(self, pcm_24k: np.ndarray) -> None:
+        if len(pcm_24k) == 0:
             return
         room = int(self._cfg.max_turn_s * WIRE_SAMPLE_RATE) - self._turn_samples
         if len(pcm_24k) > room:
@@ -252,8 +289,33 @@ class ChatSession:
                 raise ProtocolError(
                     f"system_prompt longer than {protocol.MAX_SYSTEM_PROMPT_CHARS} characters")
             self._system_prompt = prompt or self._cfg.default_system_prompt or None
+        if VAD_KEYS & data.keys():
+            self._set_vad(data)
         if "extras" in data:
             self._extras = bool(data["extras"])
+
+    def _set_vad(self, data: dict[str, Any]) -> None:
+        """Turning VAD on drops the unfinished turn (the next one starts at speech onset) and
+        turns extras on unless the frame says otherwise; off, buttons alone drive turns."""
+        try:
+            on, settings = requested_vad(data, on=self._vad is not None, settings=self._vad_settings)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        self._vad_settings = settings
+        if not on:
+            self._vad = None
+        elif self._vad is None:
+            self._vad = VadTurnTracker(self._vad_model, settings)
+            self._recording, self._turn_chunks_24k, self._turn_samples = False, [], 0
+            self._extras = True
+        else:
+            self._vad.settings = settings
+        self._emit_vad_settings()
+
+    def _emit_vad_settings(self) -> None:
+        s = self._vad_settings
+        self._emit_extra({"type": "vad", "event": "settings", "on": self._vad is not None,
+                          "threshold": s.threshold, "silence_ms": s.silence_ms})
 
     def _start_recording(self) -> None:
         self._recording = True
@@ -271,7 +333,7 @@ class ChatSession:
         pcm_16k = resample(np.concatenate(chunks), WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE)
         await self._interrupt_reply()  # a new turn supersedes an unfinished answer
         request = ReplyRequest(turn_index=self._turn_index, system_prompt=self._system_prompt,
-                               user_audio_16k=pcm_16k)
+                               user_audio_16k=pcm_16k, sampling=self._sampling)
         self._turn_index += 1
         self._epoch += 1
         self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())

@@ -2,8 +2,8 @@
 
 Whisper decodes 30 s windows, and one long request decoded window after window in a worker
 holds that worker for all of them. ChunkedAsrEngine cuts audio longer than `max_chunk_s` at
-silences that silero-vad finds, sends the chunks to the inner engine concurrently (a batching
-worker decodes them together), and stitches the answers back into one Transcription with
+silences that silero-vad (vad.py) finds, sends the chunks to the inner engine concurrently
+(a batching worker decodes them together), and stitches the answers back into one Transcription with
 times from the start of the whole audio.
 """
 
@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import itertools
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from utils.audio import MODEL_SAMPLE_RATE
 from web_demo.server.engines.base import AsrEngine, Segment, Transcription, TranscriptionRequest
+from web_demo.server.vad import VAD_FRAME, SileroVad
 
-VAD_FRAME = 512  # samples at 16 kHz (32 ms): silero-vad's frame
-_VAD_CONTEXT = 64  # samples of the previous frame that the model sees before each frame
-_VAD_BLOCK = 512  # frames per onnxruntime call (16 s): bounds the memory of one call
 # Written without spaces between words; Korean is written with them.
 UNSPACED_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km", "bo"})
 
@@ -36,51 +31,6 @@ class Vad(Protocol):
     def speech_probs(self, pcm_16k: np.ndarray) -> np.ndarray:
         """float32 [T] -> float32 [ceil(T / VAD_FRAME)]: speech probability of each frame."""
         ...
-
-
-class SileroVad:
-    """silero-vad's sequence ONNX model on onnxruntime; loaded on first use, then shared.
-
-    The package's own import pulls in torch (~1 s, ~200 MB) only to run the same model, so
-    its ONNX file is found without importing it. The model gives the same per-frame
-    probabilities as the streaming one, from one call per block of frames.
-    """
-
-    def __init__(self) -> None:
-        self._session: Any = None  # onnxruntime.InferenceSession; thread-safe to run
-        self._lock = threading.Lock()
-
-    def speech_probs(self, pcm_16k: np.ndarray) -> np.ndarray:
-        session = self._loaded()
-        frames = -(-len(pcm_16k) // VAD_FRAME)
-        padded = np.zeros(frames * VAD_FRAME, dtype=np.float32)
-        padded[:len(pcm_16k)] = pcm_16k
-        audio = padded.reshape(frames, VAD_FRAME)  # [F, 512]
-        context = np.concatenate([np.zeros((1, _VAD_CONTEXT), np.float32),
-                                  audio[:-1, -_VAD_CONTEXT:]])  # [F, 64]
-        inputs = np.concatenate([context, audio], axis=1)  # [F, 576]
-        h = c = np.zeros((1, 1, 128), dtype=np.float32)  # LSTM state carried across blocks
-        probs = []
-        for start in range(0, frames, _VAD_BLOCK):
-            block_probs, h, c = session.run(["speech_probs", "hn", "cn"],
-                                            {"input": inputs[start:start + _VAD_BLOCK], "h": h, "c": c})
-            probs.append(block_probs.reshape(-1))
-        return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
-
-    def _loaded(self) -> Any:
-        with self._lock:
-            if self._session is None:
-                import onnxruntime  # type: ignore[import-untyped]  # ships no types
-
-                spec = importlib.util.find_spec("silero_vad")  # locates; does not import
-                if spec is None or not spec.submodule_search_locations:
-                    raise RuntimeError("the silero-vad package is not installed")
-                path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad_16k_sequence.onnx"
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = options.inter_op_num_threads = 1  # RTF ~0.01 anyway
-                self._session = onnxruntime.InferenceSession(
-                    str(path), sess_options=options, providers=["CPUExecutionProvider"])
-            return self._session
 
 
 @dataclass(frozen=True)

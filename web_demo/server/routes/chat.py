@@ -1,4 +1,7 @@
-"""/api/chat: the binary WebSocket protocol (protocol.py), one ChatSession per connection."""
+"""/api/chat: the binary WebSocket protocol (protocol.py), one ChatSession per connection.
+
+/api/simplex is the same endpoint under the path upstream's browser client connects to.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from web_demo.server.engines.base import S2SEngine
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
+from web_demo.server.sampling_query import sampling_from_query
 from web_demo.server.session import ChatSession
+from web_demo.server.vad import SileroVad, requested_vad
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class ChatRoute:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._vad_model = SileroVad()  # loaded when a first session asks for VAD; then shared
         metrics.sessions_active.set_function(lambda: len(self.sockets))
 
     @property
@@ -38,10 +44,12 @@ class ChatRoute:
 
     def mount(self, app: web.Application) -> None:
         app.router.add_get("/api/chat", self.handle)
+        app.router.add_get("/api/simplex", self.handle)
         app.on_shutdown.append(self._close_sockets)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cfg = self._cfg
+        sampling = sampling_from_query(request.query)  # a bad value: HTTP 400 before the upgrade
         # aiohttp refuses a frame of exactly max_msg_size; the limit we document is inclusive.
         ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes + 1, heartbeat=cfg.ws_heartbeat_s)
         await ws.prepare(request)
@@ -52,9 +60,18 @@ class ChatRoute:
             await ws.send_bytes(protocol.encode_error(refusal))
             await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
             return ws
-        extras = request.query.get("extras", "") in ("1", "true", "yes")
+        try:
+            vad_on, vad = requested_vad(request.query, on=False, settings=cfg.vad)
+        except ValueError as exc:  # the client asked for a VAD we cannot give: say why, like a refusal
+            await ws.send_bytes(protocol.encode_error(f"bad query: {exc}"))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad query")
+            return ws
+        # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
+        extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
         session = ChatSession(ws, engine=self.engine, cfg=cfg, lifecycle=self._lifecycle,
-                              metrics=self._metrics, transport=request.transport, extras=extras)
+                              metrics=self._metrics, transport=request.transport, extras=extras,
+                              sampling=sampling, vad=vad if vad_on else None,
+                              vad_model=self._vad_model)
         self.sockets.add(ws)
         self._metrics.sessions.labels("admitted").inc()
         logger.info("session %s opened (request %s, %d active)", session.id, request[REQUEST_ID],
