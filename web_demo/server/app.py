@@ -3,9 +3,10 @@
 `make_app` mounts a route module per engine it is given (/api/chat and the web demo for an
 S2S engine; /api/transcribe, /v1/audio/transcriptions and /v1/models for an ASR engine;
 /api/synthesize, /v1/audio/speech and /api/speakers for a TTS engine),
-/health and /metrics, behind the shared middleware. Engines load in the background so
-/health answers `loading` while they do; one process may hold all of a deployment's
-engines or just one.
+/health and /metrics, behind the shared middleware. `/` is the S2S demo's page wherever
+an S2S engine is, else the ASR page (client/asr/) or the TTS page (client/tts/). Engines
+load in the background so /health answers `loading` while they do; one process may hold
+all of a deployment's engines or just one.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig 
     app.on_shutdown.insert(0, _stop_admitting)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)
-    if s2s is not None or (asr is None and tts is None):
-        WebDemo(static_dir).mount(app)
+    WebDemo(static_dir, **_front_page(s2s=s2s is not None, asr=asr is not None,
+                                      tts=tts is not None)).mount(app)
     if asr_models is not None:
         app[ASR] = AsrRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(), metrics=metrics)
         app[ASR].mount(app)
@@ -82,6 +83,16 @@ def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig 
         app[CHAT] = ChatRoute(engine=s2s, cfg=chat or ChatConfig(), lifecycle=lifecycle, metrics=metrics)
         app[CHAT].mount(app)
     return app
+
+
+def _front_page(*, s2s: bool, asr: bool, tts: bool) -> dict[str, str]:
+    """WebDemo's options for `/`: the S2S demo, else this service's own test page."""
+    if s2s or not (asr or tts):
+        return {}
+    if asr:  # also ASR with TTS: one page at /, the TTS page is /static/tts/index.html
+        return {"page": "asr/index.html",
+                "missing": "Fun-Audio-Chat ASR server: POST /v1/audio/transcriptions"}
+    return {"page": "tts/index.html", "missing": "Fun-Audio-Chat TTS server: POST /v1/audio/speech"}
 
 
 async def _engines_lifetime(app: web.Application) -> AsyncIterator[None]:
