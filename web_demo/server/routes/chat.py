@@ -11,6 +11,7 @@ import weakref
 from aiohttp import WSCloseCode, web
 
 from web_demo.server import protocol
+from web_demo.server.chat_wire import ChatWire
 from web_demo.server.config import ChatConfig
 from web_demo.server.engines.base import S2SEngine
 from web_demo.server.lifecycle import Lifecycle
@@ -68,8 +69,9 @@ class ChatRoute:
             return ws
         # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
         extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
-        session = ChatSession(ws, engine=self.engine, cfg=cfg, lifecycle=self._lifecycle,
-                              metrics=self._metrics, transport=request.transport, extras=extras,
+        wire = ChatWire(extras=extras)
+        session = ChatSession(ws, wire, engine=self.engine, cfg=cfg, lifecycle=self._lifecycle,
+                              metrics=self._metrics, transport=request.transport,
                               sampling=sampling, vad=vad if vad_on else None,
                               vad_model=self._vad_model)
         self.sockets.add(ws)
@@ -77,7 +79,7 @@ class ChatRoute:
         logger.info("session %s opened (request %s, %d active)", session.id, request[REQUEST_ID],
                     len(self.sockets))
         try:
-            await session.run()
+            await session.run(wire.opening(session))
         finally:
             self.sockets.discard(ws)
             logger.info("session %s closed (%d active)", session.id, len(self.sockets))

@@ -1,0 +1,150 @@
+"""The binary /api/chat protocol (protocol.py) spoken over a ChatSession.
+
+Client frames -> session calls: 0x01 Ogg pages -> OpusStreamDecoder (continuous for the
+connection) -> feed_audio(); 0x03 start / endTurn / pause / restart; 0x04 metadata (system
+prompt, VAD, extras). Outbox items -> frames: the "[Processing...]" status text (upstream's;
+old clients display it), text pieces, reply audio -> OpusStreamEncoder -> 0x01 pages, the
+"\\n[Final: ...]" text at the end of a reply, 0x05 errors, 0x06 pings, and the opt-in 0x04
+extras (transcripts, queue positions, latencies, VAD events) that old clients do not know.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from aiohttp import WSMsgType
+
+from utils.opus import OpusStreamDecoder, OpusStreamEncoder
+from web_demo.server import protocol
+from web_demo.server.errors import ProtocolError
+from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
+from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
+from web_demo.server.vad import VAD_KEYS, requested_vad
+
+logger = logging.getLogger(__name__)
+
+PROCESSING_TEXT = "[Processing...]"
+EXTRA_TYPES = frozenset({"transcript", "queue", "latency", "vad"})  # the events extras carry
+
+
+class ChatWire:
+    """One /api/chat connection's codec state and protocol options; owned by its session."""
+
+    pings = True  # keeps the browser client's 30 s inactivity timer from firing
+
+    def __init__(self, *, extras: bool = False) -> None:
+        self.extras = extras  # opt-in 0x04 frames that old clients do not know
+        self._decoder = OpusStreamDecoder()
+        self._encoder = OpusStreamEncoder()
+
+    def opening(self, session: ChatSession) -> list[Outgoing]:
+        items = [Outgoing("frame", frame=protocol.HANDSHAKE_FRAME)]
+        if session.vad_on:
+            items.append(Outgoing("event", data=_vad_settings(session)))
+        return items
+
+    # ---- client frames -> session ---------------------------------------------------------
+
+    async def receive(self, session: ChatSession) -> None:
+        async for msg in session.ws:
+            try:
+                if msg.type is WSMsgType.BINARY:
+                    await self._on_message(session, protocol.decode_binary(msg.data))
+                elif msg.type is WSMsgType.TEXT:
+                    await self._on_message(session, protocol.decode_text(msg.data))
+                elif msg.type is WSMsgType.ERROR:
+                    logger.info("session %s: socket error %s", session.id, session.ws.exception())
+                    return
+            except ProtocolError as exc:
+                session.bad_frame(exc)
+
+    async def _on_message(self, session: ChatSession, message: protocol.ClientMessage) -> None:
+        if isinstance(message, AudioIn):
+            await session.feed_audio(self._decode(message.ogg))
+        elif isinstance(message, ControlIn):
+            await self._on_control(session, message.action)
+        elif isinstance(message, MetadataIn):
+            self._on_metadata(session, message.data)
+        elif isinstance(message, Ignored):
+            logger.debug("session %s: ignored %s frame", session.id, message.kind.name)
+
+    def _decode(self, ogg: bytes) -> np.ndarray:
+        # Decoded even while not recording: the decoder is continuous for the connection.
+        try:
+            return self._decoder.decode(ogg)
+        except ValueError as exc:
+            raise ProtocolError(f"audio could not be decoded ({exc}); the frame was dropped") from None
+
+    async def _on_control(self, session: ChatSession, action: Control) -> None:
+        logger.info("session %s: control %s", session.id, action.name)
+        if action is Control.START:
+            await session.start_turn()
+        elif action in (Control.PAUSE, Control.END_TURN):
+            await session.end_turn()
+        elif action is Control.RESTART:
+            await session.restart()
+
+    def _on_metadata(self, session: ChatSession, data: dict[str, Any]) -> None:
+        if "system_prompt" in data:
+            prompt = data["system_prompt"]
+            if not isinstance(prompt, str):
+                raise ProtocolError("system_prompt must be a string")
+            if len(prompt) > protocol.MAX_SYSTEM_PROMPT_CHARS:
+                raise ProtocolError(
+                    f"system_prompt longer than {protocol.MAX_SYSTEM_PROMPT_CHARS} characters")
+            session.system_prompt = prompt or session.cfg.default_system_prompt or None
+        if VAD_KEYS & data.keys():
+            self._set_vad(session, data)
+        if "extras" in data:
+            self.extras = bool(data["extras"])
+
+    def _set_vad(self, session: ChatSession, data: dict[str, Any]) -> None:
+        """VAD events travel as extras, so turning VAD on turns extras on unless the same
+        frame says otherwise."""
+        try:
+            on, settings = requested_vad(data, on=session.vad_on, settings=session.vad_settings)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if on and not session.vad_on:
+            self.extras = True
+        session.set_vad(on, settings)
+        session.emit_event(_vad_settings(session))
+
+    async def turn_ended(self, session: ChatSession, pcm_16k: np.ndarray) -> None:
+        await session.answer(pcm_16k)
+
+    # ---- outbox items -> frames -----------------------------------------------------------
+
+    def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
+        kind = item.kind
+        if kind == "frame" and item.frame is not None:
+            return [item.frame]
+        if kind == "reply_started":
+            return [protocol.encode_text(PROCESSING_TEXT)]
+        if kind == "text" and item.text is not None:
+            return [protocol.encode_text(item.text)]
+        if kind == "audio" and item.pcm_24k is not None:
+            ogg = self._encoder.encode(item.pcm_24k)
+            return [protocol.encode_audio(ogg)] if ogg else []
+        if kind == "reply_ended":
+            tail = self._encoder.flush()
+            final = protocol.encode_text(f"\n[Final: {item.text or ''}]")
+            return [protocol.encode_audio(tail), final] if tail else [final]
+        if kind == "error" and item.text is not None:
+            return [protocol.encode_error(item.text)]
+        if kind == "ping":
+            return [protocol.encode_ping()]
+        if kind == "event" and item.data is not None and self.wants_event(item.data):
+            return [protocol.encode_metadata(item.data)]
+        return []
+
+    def wants_event(self, data: dict[str, Any]) -> bool:
+        return self.extras and data.get("type") in EXTRA_TYPES
+
+
+def _vad_settings(session: ChatSession) -> dict[str, Any]:
+    s = session.vad_settings
+    return {"type": "vad", "event": "settings", "on": session.vad_on,
+            "threshold": s.threshold, "silence_ms": s.silence_ms}
