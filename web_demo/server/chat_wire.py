@@ -136,12 +136,12 @@ class ChatWire:
             return [protocol.encode_error(item.text)]
         if kind == "ping":
             return [protocol.encode_ping()]
-        if kind == "event" and item.data is not None and self.wants_event(item.data):
+        if kind == "event" and item.data is not None and self.extras:  # extras may be off by now
             return [protocol.encode_metadata(item.data)]
         return []
 
-    def wants_event(self, data: dict[str, Any]) -> bool:
-        return self.extras and data.get("type") in EXTRA_TYPES
+    def accept_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        return data if self.extras and data.get("type") in EXTRA_TYPES else None
 
 
 def _vad_settings(session: ChatSession) -> dict[str, Any]:

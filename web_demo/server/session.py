@@ -107,8 +107,9 @@ class Wire(Protocol):
         """The frames of one outbox item (none to drop it). `progress`: the reply running."""
         ...
 
-    def wants_event(self, data: dict[str, Any]) -> bool:
-        """Whether an event is sent at all (others never take a place in the outbox)."""
+    def accept_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The wire's view of an event when it happens: the data to queue (the wire may add
+        to it, e.g. ids), or None to drop it before it takes a place in the outbox."""
         ...
 
 
@@ -216,13 +217,17 @@ class ChatSession:
             if self._transport is not None:
                 self._transport.abort()
 
-    def bad_frame(self, exc: ProtocolError) -> None:
-        """A malformed client frame: counted, logged (the first few), answered, survived."""
+    def bad_frame(self, exc: ProtocolError, answer: Frame | None = None) -> None:
+        """A malformed client frame: counted, logged (the first few), answered (with the
+        wire's own `answer`, else an error item), survived."""
         self._bad_frames += 1
         if self._bad_frames <= LOGGED_BAD_FRAMES:
             logger.info("session %s: bad frame: %s", self.id, exc)
         self._metrics.errors.labels(exc.kind).inc()
-        self.send_error(f"bad frame: {exc}")
+        if answer is None:
+            self.send_error(f"bad frame: {exc}")
+        else:
+            self.emit(Outgoing("frame", frame=answer))
 
     # ---- input: PCM -> turn -------------------------------------------------------------
 
@@ -320,9 +325,11 @@ class ChatSession:
 
     # ---- infer: engine events -> paced outbox -------------------------------------------
 
-    async def answer(self, pcm_16k: np.ndarray, *, system_prompt: str | None = None) -> None:
-        """Starts the reply to a user turn (float32 [T] at 16 kHz); a reply still running is
-        cut first. `system_prompt` overrides the session's for this reply."""
+    async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
+                     system_prompt: str | None = None) -> None:
+        """Starts the reply to a user turn: speech (float32 [T] at 16 kHz) or typed `text`;
+        a reply still running is cut first. `system_prompt` overrides the session's for
+        this reply."""
         refusal = self._lifecycle.refusal()
         if refusal is not None:
             self.send_error(f"turn not answered: {refusal}")
@@ -330,7 +337,8 @@ class ChatSession:
         await self.interrupt()  # a new turn supersedes an unfinished answer
         request = ReplyRequest(turn_index=self._turn_index,
                                system_prompt=system_prompt or self.system_prompt,
-                               user_audio_16k=pcm_16k, sampling=self._sampling)
+                               user_audio_16k=np.zeros(0, np.float32) if pcm_16k is None else pcm_16k,
+                               user_text=text, sampling=self._sampling)
         self._turn_index += 1
         self._epoch += 1
         self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())
@@ -418,8 +426,9 @@ class ChatSession:
             self._abort(f"client is not reading ({self.cfg.max_outbox_frames} frames queued)")
 
     def emit_event(self, data: dict[str, Any], epoch: int | None = None) -> None:
-        if self._wire.wants_event(data):
-            self.emit(Outgoing("event", epoch=epoch, data=data))
+        accepted = self._wire.accept_event(data)
+        if accepted is not None:
+            self.emit(Outgoing("event", epoch=epoch, data=accepted))
 
     def send_error(self, message: str) -> None:
         self.emit(Outgoing("error", text=message))

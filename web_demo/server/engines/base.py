@@ -36,8 +36,9 @@ class ReplyRequest:
     """One finished user turn of a conversation, to be answered."""
     turn_index: int  # 0-based, counts every turn of the session, restarts included
     system_prompt: str | None
-    user_audio_16k: np.ndarray = field(repr=False)  # float32 [T]
+    user_audio_16k: np.ndarray = field(repr=False)  # float32 [T]; empty for a typed turn
     sampling: SamplingOptions | None = None  # None: the engine's own settings
+    user_text: str | None = None  # a typed turn (the Realtime API's input_text), not speech
 
 
 @dataclass(frozen=True)

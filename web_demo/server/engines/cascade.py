@@ -75,12 +75,15 @@ class CascadeConversation:
 
     async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
         engine = self._engine
-        heard = await engine.asr.transcribe(
-            TranscriptionRequest(pcm_16k=request.user_audio_16k, language=engine.language))
-        self._heard_user = heard.text
-        yield UserTranscript(heard.text)
+        if request.user_text is not None:  # typed: nothing to hear
+            self._heard_user = request.user_text
+        else:
+            heard = await engine.asr.transcribe(
+                TranscriptionRequest(pcm_16k=request.user_audio_16k, language=engine.language))
+            self._heard_user = heard.text
+            yield UserTranscript(heard.text)
         system_prompt = request.system_prompt or DEFAULT_SYSTEM_PROMPT
-        pieces = engine.responder.respond(system_prompt, tuple(self._history), heard.text)
+        pieces = engine.responder.respond(system_prompt, tuple(self._history), self._heard_user)
         async with contextlib.aclosing(sentences(pieces)) as replies:
             async for sentence in replies:
                 yield TextDelta(sentence)

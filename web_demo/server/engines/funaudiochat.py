@@ -105,6 +105,15 @@ class FunAudioChatEngine:
                 "workers": workers}
 
 
+def _user_turn(request: ReplyRequest) -> Any:
+    """The runtime's UserTurn: the speech, or the typed text of a Realtime API client."""
+    from utils.funaudiochat import UserTurn
+
+    if request.user_text is not None:
+        return UserTurn(text=request.user_text)
+    return UserTurn(audio=request.user_audio_16k)
+
+
 def turn_sampling(base: Any, options: SamplingOptions | None) -> Any:
     """The runtime's SamplingParams of one turn: the engine's `base` with what the session
     asked for; text and speech get their own settings (and RNG) once the session sets any."""
@@ -147,13 +156,11 @@ class FunAudioChatConversation:
         self._reset = False
 
     async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
-        from utils.funaudiochat import UserTurn
-
         engine = self._engine
         engine.check_alive()
         await self._settle(request.system_prompt)
         try:
-            handle = engine.scheduler.submit(self._state, UserTurn(audio=request.user_audio_16k),
+            handle = engine.scheduler.submit(self._state, _user_turn(request),
                                              turn_sampling(engine.sampling, request.sampling),
                                              mode="s2s")
         except RuntimeError as exc:
@@ -238,7 +245,7 @@ class _UserTranscriber:
     def __init__(self, engine: FunAudioChatEngine, request: ReplyRequest) -> None:
         self._task: asyncio.Task[str] | None = None
         self._sent = False
-        if engine.transcriber is not None:
+        if engine.transcriber is not None and request.user_text is None:  # typed: nothing to hear
             self._task = asyncio.create_task(self._transcribe(engine.transcriber, TranscriptionRequest(
                 pcm_16k=request.user_audio_16k, language=engine.transcript_language)))
 

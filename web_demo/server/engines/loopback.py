@@ -35,6 +35,9 @@ class LoopbackConversation:
     """Keeps no history: every reply is the turn's own audio."""
 
     async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
+        if request.user_text is not None:
+            yield TextDelta(f"[loopback] you typed: {request.user_text}")
+            return
         seconds = len(request.user_audio_16k) / MODEL_SAMPLE_RATE
         yield TextDelta(f"[loopback] {seconds:.1f} s of your audio")
         pcm_24k = resample(request.user_audio_16k, MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE)

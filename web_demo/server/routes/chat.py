@@ -1,10 +1,12 @@
-"""/api/chat: the binary WebSocket protocol (protocol.py), one ChatSession per connection.
-
-/api/simplex is the same endpoint under the path upstream's browser client connects to.
+"""The conversation WebSockets, one ChatSession per connection, counted together against
+--max-sessions: /api/chat (the binary protocol, chat_wire.py), /api/simplex (the same, under
+the path upstream's browser client connects to) and /v1/realtime (OpenAI's Realtime API,
+realtime/wire.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 
@@ -13,13 +15,15 @@ from aiohttp import WSCloseCode, web
 from web_demo.server import protocol
 from web_demo.server.chat_wire import ChatWire
 from web_demo.server.config import ChatConfig
-from web_demo.server.engines.base import S2SEngine
+from web_demo.server.engines.base import S2SEngine, SamplingOptions
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
+from web_demo.server.realtime import events as rt_events
+from web_demo.server.realtime.wire import RealtimeWire
 from web_demo.server.sampling_query import sampling_from_query
-from web_demo.server.session import ChatSession
-from web_demo.server.vad import SileroVad, requested_vad
+from web_demo.server.session import ChatSession, Outgoing, Wire
+from web_demo.server.vad import SileroVad, VadSettings, requested_vad
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +50,17 @@ class ChatRoute:
     def mount(self, app: web.Application) -> None:
         app.router.add_get("/api/chat", self.handle)
         app.router.add_get("/api/simplex", self.handle)
+        app.router.add_get("/v1/realtime", self.handle_realtime)
         app.on_shutdown.append(self._close_sockets)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """/api/chat and /api/simplex: the binary protocol."""
         cfg = self._cfg
         sampling = sampling_from_query(request.query)  # a bad value: HTTP 400 before the upgrade
-        # aiohttp refuses a frame of exactly max_msg_size; the limit we document is inclusive.
-        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes + 1, heartbeat=cfg.ws_heartbeat_s)
-        await ws.prepare(request)
+        ws = await self._upgrade(request)
         refusal = self._refusal()
         if refusal is not None:
-            self._metrics.sessions.labels("refused").inc()
-            logger.warning("refusing a session: %s", refusal)
-            await ws.send_bytes(protocol.encode_error(refusal))
-            await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
-            return ws
+            return await self._refuse(ws, protocol.encode_error(refusal), refusal)
         try:
             vad_on, vad = requested_vad(request.query, on=False, settings=cfg.vad)
         except ValueError as exc:  # the client asked for a VAD we cannot give: say why, like a refusal
@@ -70,20 +70,53 @@ class ChatRoute:
         # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
         extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
         wire = ChatWire(extras=extras)
-        session = ChatSession(ws, wire, engine=self.engine, cfg=cfg, lifecycle=self._lifecycle,
-                              metrics=self._metrics, transport=request.transport,
-                              sampling=sampling, vad=vad if vad_on else None,
-                              vad_model=self._vad_model)
-        self.sockets.add(ws)
-        self._metrics.sessions.labels("admitted").inc()
-        logger.info("session %s opened (request %s, %d active)", session.id, request[REQUEST_ID],
-                    len(self.sockets))
-        try:
-            await session.run(wire.opening(session))
-        finally:
-            self.sockets.discard(ws)
-            logger.info("session %s closed (%d active)", session.id, len(self.sockets))
+        session = self._session(request, ws, wire, sampling=sampling, vad=vad if vad_on else None)
+        await self._serve(request, session, wire.opening(session))
         return ws
+
+    async def handle_realtime(self, request: web.Request) -> web.StreamResponse:
+        """/v1/realtime: OpenAI's Realtime API over the same sessions and engines."""
+        ws = await self._upgrade(request)
+        wire = RealtimeWire(model=request.query.get("model", "") or self.engine.name)
+        refusal = self._refusal()
+        if refusal is not None:
+            error = rt_events.error_event(code="server_busy", message=refusal, error_type="server_error")
+            return await self._refuse(ws, json.dumps(error), refusal)
+        session = self._session(request, ws, wire, vad=wire.initial_vad())
+        await self._serve(request, session, wire.opening(session))
+        return ws
+
+    async def _upgrade(self, request: web.Request) -> web.WebSocketResponse:
+        # aiohttp refuses a frame of exactly max_msg_size; the limit we document is inclusive.
+        ws = web.WebSocketResponse(max_msg_size=self._cfg.max_frame_bytes + 1,
+                                   heartbeat=self._cfg.ws_heartbeat_s)
+        await ws.prepare(request)
+        return ws
+
+    async def _refuse(self, ws: web.WebSocketResponse, frame: bytes | str,
+                      reason: str) -> web.WebSocketResponse:
+        self._metrics.sessions.labels("refused").inc()
+        logger.warning("refusing a session: %s", reason)
+        await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
+        await ws.close(code=TRY_AGAIN_LATER, message=b"try again later")
+        return ws
+
+    def _session(self, request: web.Request, ws: web.WebSocketResponse, wire: Wire, *,
+                 sampling: SamplingOptions | None = None, vad: VadSettings | None) -> ChatSession:
+        return ChatSession(ws, wire, engine=self.engine, cfg=self._cfg, lifecycle=self._lifecycle,
+                           metrics=self._metrics, transport=request.transport, sampling=sampling,
+                           vad=vad, vad_model=self._vad_model)
+
+    async def _serve(self, request: web.Request, session: ChatSession, opening: list[Outgoing]) -> None:
+        self.sockets.add(session.ws)
+        self._metrics.sessions.labels("admitted").inc()
+        logger.info("session %s opened on %s (request %s, %d active)", session.id, request.path,
+                    request[REQUEST_ID], len(self.sockets))
+        try:
+            await session.run(opening)
+        finally:
+            self.sockets.discard(session.ws)
+            logger.info("session %s closed (%d active)", session.id, len(self.sockets))
 
     def _refusal(self) -> str | None:
         refusal = self._lifecycle.refusal()

@@ -1,0 +1,403 @@
+"""The OpenAI Realtime API spoken over a ChatSession (the same session core as /api/chat).
+
+Client events -> session calls: input_audio_buffer.append (PCM16 24 kHz or G.711 8 kHz ->
+float32 24 kHz) -> feed_audio(); server VAD (the session's silero VAD) or commit ends a user
+turn, which becomes a user item; response.create (or server VAD's create_response) answers
+the items not answered yet; response.cancel and speech during a response cut it.
+Outbox items -> events: a reply is one response with one assistant message item whose
+content part carries the audio (base64 in the output format) and its transcript (or only
+text when the output modality is text); an interrupted reply ends with response.done
+"cancelled". Events are named in the client's dialect (GA, or beta for the older shape).
+
+State that the wire keeps per connection: the session settings, the ids of the items it
+announced, the user input not answered yet and the response being streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import soxr
+from aiohttp import WSMsgType
+
+from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+from web_demo.server.errors import ProtocolError
+from web_demo.server.realtime import events as ev
+from web_demo.server.realtime.audio_formats import AudioFormat, decode_audio, encode_audio
+from web_demo.server.realtime.messages import (
+    OFF,
+    Dialect,
+    InputAudio,
+    InputAudioAppend,
+    InputAudioClear,
+    InputAudioCommit,
+    InputText,
+    ItemCreate,
+    ItemDelete,
+    ItemTruncate,
+    MessageItem,
+    Modality,
+    OutputAudio,
+    OutputAudioClear,
+    OutputText,
+    RealtimeClientEvent,
+    RealtimeProtocolError,
+    ResponseCancel,
+    ResponseCreate,
+    SessionConfig,
+    SessionUpdate,
+    TurnDetection,
+)
+from web_demo.server.realtime.protocol import decode_client_event
+from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
+from web_demo.server.vad import VadSettings
+
+logger = logging.getLogger(__name__)
+
+PREROLL_RANGE_MS = (0, 1000)
+
+
+@dataclass
+class PendingInput:
+    """User items not answered yet: the next response answers them together."""
+    item_ids: list[str] = field(default_factory=list)
+    audio_16k: list[np.ndarray] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OpenResponse:
+    """The response being streamed: one assistant message item with one content part."""
+    ref: ev.ContentRef
+    modality: Modality
+    user_item_id: str | None
+    transcript: list[str] = field(default_factory=list)
+    resampler: Any = None  # soxr.ResampleStream 24 -> 8 kHz for G.711 output
+
+
+class RealtimeWire:
+    """One /v1/realtime connection's settings and conversation ids; owned by its session."""
+
+    pings = False  # WebSocket heartbeats keep the connection; the API has no ping event
+
+    def __init__(self, *, model: str) -> None:
+        self.config = SessionConfig()
+        self.dialect: Dialect = "ga"
+        self._model = model
+        self._session_id = ev.new_id("sess")
+        self._last_item_id: str | None = None
+        self._speech_item_id: str | None = None  # the user item the VAD is hearing
+        self._pending = PendingInput()
+        self._answering: str | None = None  # the user item of the reply being generated
+        self._response: OpenResponse | None = None
+        self._response_overrides: ResponseCreate | None = None
+        self._input_resampler: Any = None  # soxr.ResampleStream 8 -> 24 kHz for G.711 input
+
+    @staticmethod
+    def vad_settings(detection: TurnDetection) -> VadSettings:
+        """Our VAD's settings for the API's server_vad ones, clamped into our limits."""
+        settings = VadSettings().updated({"vad_threshold": detection.threshold,
+                                          "vad_silence_ms": detection.silence_duration_ms})
+        preroll = min(max(detection.prefix_padding_ms, PREROLL_RANGE_MS[0]), PREROLL_RANGE_MS[1])
+        return replace(settings, preroll_ms=preroll)
+
+    def initial_vad(self) -> VadSettings | None:
+        detection = self.config.turn_detection
+        return None if detection is None else self.vad_settings(detection)
+
+    def opening(self, session: ChatSession) -> list[Outgoing]:
+        return [self._out(ev.session_created(self._session_object()))]
+
+    # ---- client events -> session ---------------------------------------------------------
+
+    async def receive(self, session: ChatSession) -> None:
+        async for msg in session.ws:
+            if msg.type is WSMsgType.ERROR:
+                logger.info("session %s: socket error %s", session.id, session.ws.exception())
+                return
+            try:
+                if msg.type is not WSMsgType.TEXT:
+                    raise RealtimeProtocolError("invalid_json", "events are JSON text frames")
+                event = decode_client_event(msg.data, input_format=self.config.input_format)
+                await self._on_event(session, event)
+            except RealtimeProtocolError as exc:
+                session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
+            except ProtocolError as exc:  # the session's own limits
+                session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
+
+    async def _on_event(self, session: ChatSession, event: RealtimeClientEvent) -> None:
+        if isinstance(event, InputAudioAppend):
+            await session.feed_audio(self._input_24k(event.audio))
+        elif isinstance(event, SessionUpdate):
+            self._update_session(session, event)
+        elif isinstance(event, InputAudioCommit):
+            await self._commit(session, event)
+        elif isinstance(event, InputAudioClear):
+            session.take_turn_audio()
+            self._speech_item_id = None
+            session.emit(self._out(ev.input_audio_cleared()))
+        elif isinstance(event, ItemCreate):
+            self._create_item(session, event)
+        elif isinstance(event, ResponseCreate):
+            await self._create_response(session, event)
+        elif isinstance(event, ResponseCancel):
+            await self._cancel_response(session, event)
+        elif isinstance(event, ItemTruncate):
+            # What reached the client is all the history keeps already; the played part of
+            # that is the client's business.
+            session.emit(self._out(ev.conversation_item_truncated(
+                item_id=event.item_id, content_index=event.content_index, audio_end_ms=event.audio_end_ms)))
+        elif isinstance(event, ItemDelete):
+            self._delete_item(session, event)
+        elif isinstance(event, OutputAudioClear):
+            pass  # WebRTC only: over a WebSocket the client owns its playback buffer
+        else:
+            raise RealtimeProtocolError("unsupported_value", f"{type(event).__name__} is not served here",
+                                        event_id=event.event_id)
+
+    def _input_24k(self, audio: bytes) -> np.ndarray:
+        fmt = self.config.input_format
+        pcm = decode_audio(audio, fmt)
+        if fmt.sample_rate == WIRE_SAMPLE_RATE:
+            return pcm
+        if self._input_resampler is None:
+            self._input_resampler = soxr.ResampleStream(fmt.sample_rate, WIRE_SAMPLE_RATE, 1, dtype="float32")
+        out: np.ndarray = self._input_resampler.resample_chunk(pcm)
+        return out
+
+    def _update_session(self, session: ChatSession, update: SessionUpdate) -> None:
+        if update.session_type == "transcription":
+            raise RealtimeProtocolError(
+                "unsupported_value", "transcription sessions are served by the ASR server's "
+                "/v1/realtime?intent=transcription", param="session.type", event_id=update.event_id)
+        if update.dialect is not None:
+            self.dialect = update.dialect
+        if update.input_format is not None and update.input_format != self.config.input_format:
+            self._input_resampler = None
+        self.config = self.config.updated(update)
+        if update.instructions is not None:
+            session.system_prompt = update.instructions or session.cfg.default_system_prompt or None
+        if update.turn_detection is OFF:
+            session.set_vad(False, session.vad_settings)
+            session.recording = True  # the input buffer fills until the client commits
+        elif isinstance(update.turn_detection, TurnDetection):
+            session.set_vad(True, self.vad_settings(update.turn_detection))
+        session.emit(self._out(ev.session_updated(self._session_object())))
+
+    async def _commit(self, session: ChatSession, event: InputAudioCommit) -> None:
+        pcm_16k = session.take_turn_audio()
+        if pcm_16k is None or len(pcm_16k) < MODEL_SAMPLE_RATE // 10:
+            raise RealtimeProtocolError(
+                "invalid_value", "the input audio buffer holds less than 100 ms of audio",
+                event_id=event.event_id)
+        await self.turn_ended(session, pcm_16k)
+
+    async def turn_ended(self, session: ChatSession, pcm_16k: np.ndarray) -> None:
+        """The VAD heard the end of speech or the client committed: a new user item, and a
+        response when server VAD says so."""
+        item_id = self._speech_item_id or ev.new_id("item")
+        self._speech_item_id = None
+        if not session.vad_on:
+            session.recording = True  # push-to-talk: the buffer fills again at once
+        committed = ev.input_audio_committed(item_id=item_id, previous_item_id=self._last_item_id)
+        session.emit(self._out(committed))
+        self._announce_item(session, MessageItem(id=item_id, role="user", content=(InputAudio(audio=b""),)))
+        self._pending.item_ids.append(item_id)
+        self._pending.audio_16k.append(pcm_16k)
+        detection = self.config.turn_detection
+        if detection is not None and detection.create_response:
+            await self._answer(session, None)
+
+    def _announce_item(self, session: ChatSession, item: MessageItem) -> None:
+        obj = ev.item_object(item, dialect=self.dialect)
+        previous, self._last_item_id = self._last_item_id, item.id
+        added = ev.conversation_item_added(obj, previous_item_id=previous, dialect=self.dialect)
+        session.emit(self._out(added))
+        done = ev.conversation_item_done(obj, previous_item_id=previous, dialect=self.dialect)
+        if done is not None:
+            session.emit(self._out(done))
+
+    def _create_item(self, session: ChatSession, event: ItemCreate) -> None:
+        item = event.item
+        if not isinstance(item, MessageItem) or item.role != "user":
+            raise RealtimeProtocolError(
+                "unsupported_value", "only user messages can be added to the conversation here "
+                "(the engines keep their own history; function calling is not served yet)",
+                param="item", event_id=event.event_id)
+        item = replace(item, id=item.id or ev.new_id("item"))
+        assert item.id is not None
+        for part in item.content:
+            if isinstance(part, InputText):
+                self._pending.texts.append(part.text)
+            elif isinstance(part, InputAudio):
+                pcm = decode_audio(part.audio, self.config.input_format)
+                self._pending.audio_16k.append(resample(pcm, self.config.input_format.sample_rate,
+                                                        MODEL_SAMPLE_RATE))
+        self._pending.item_ids.append(item.id)
+        self._announce_item(session, item)
+
+    def _delete_item(self, session: ChatSession, event: ItemDelete) -> None:
+        if event.item_id not in self._pending.item_ids:
+            raise RealtimeProtocolError(
+                "invalid_value", f"item {event.item_id!r:.40} is not an unanswered user item; answered "
+                "items are in the model's history and cannot be deleted", param="item_id",
+                event_id=event.event_id)
+        self._pending = PendingInput()  # the engines take a turn whole: drop what it would have been
+        session.emit(self._out(ev.conversation_item_deleted(item_id=event.item_id)))
+
+    async def _create_response(self, session: ChatSession, event: ResponseCreate) -> None:
+        if not self._pending.item_ids:
+            raise RealtimeProtocolError("invalid_value", "no new user input to respond to: commit the "
+                                        "input audio buffer or create a user item first",
+                                        event_id=event.event_id)
+        await self._answer(session, event)
+
+    async def _answer(self, session: ChatSession, overrides: ResponseCreate | None) -> None:
+        """Answers the pending user input: its audio, or its text when there is no audio."""
+        pending, self._pending = self._pending, PendingInput()
+        self._response_overrides = overrides
+        self._answering = pending.item_ids[-1]
+        instructions = overrides.instructions if overrides is not None else None
+        if pending.audio_16k:
+            await session.answer(np.concatenate(pending.audio_16k), system_prompt=instructions)
+        else:
+            await session.answer(None, text="\n".join(pending.texts), system_prompt=instructions)
+
+    async def _cancel_response(self, session: ChatSession, event: ResponseCancel) -> None:
+        response = self._response
+        if response is None or (event.response_id not in (None, response.ref.response_id)):
+            raise RealtimeProtocolError("invalid_value", "no response in progress to cancel",
+                                        param="response_id", event_id=event.event_id)
+        await session.interrupt()
+
+    # ---- outbox items -> events -------------------------------------------------------------
+
+    def accept_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        kind, what = data.get("type"), data.get("event")
+        if kind == "vad" and what == "speech_started":
+            self._speech_item_id = ev.new_id("item")
+            return {**data, "item_id": self._speech_item_id}
+        if kind == "vad" and what == "speech_stopped":
+            return {**data, "item_id": self._speech_item_id or ev.new_id("item")}
+        if kind == "transcript" and self._answering is not None:
+            return {**data, "item_id": self._answering}
+        if kind == "interrupted":
+            return data
+        return None
+
+    def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
+        kind = item.kind
+        if kind == "frame" and item.frame is not None:
+            return [item.frame]
+        if kind == "reply_started":
+            return self._frames(self._open_response())
+        if kind == "text" and item.text is not None and self._response is not None:
+            return self._frames([self._text_delta(self._response, item.text)])
+        if kind == "audio" and item.pcm_24k is not None and self._response is not None:
+            return self._frames(self._audio_delta(self._response, item.pcm_24k))
+        if kind == "reply_ended":
+            failed = progress is not None and progress.failed
+            return self._frames(self._close_response("failed" if failed else "completed"))
+        if kind == "error" and item.text is not None:
+            return [self._frame(ev.error_event(code="server_error", message=item.text,
+                                               error_type="server_error"))]
+        if kind == "event" and item.data is not None:
+            return self._frames(self._event(item.data))
+        return []
+
+    def _event(self, data: dict[str, Any]) -> list[ev.ServerEvent]:
+        kind, what = data.get("type"), data.get("event")
+        if kind == "vad" and what == "speech_started":
+            return [ev.speech_started(audio_start_ms=round(data["at_s"] * 1000), item_id=data["item_id"])]
+        if kind == "vad" and what == "speech_stopped":
+            return [ev.speech_stopped(audio_end_ms=round(data["at_s"] * 1000), item_id=data["item_id"])]
+        if kind == "transcript":
+            return [ev.transcription_completed(item_id=data["item_id"], content_index=0,
+                                               transcript=data["text"], audio_seconds=0.0)]
+        if kind == "interrupted" and self._response is not None:
+            return self._close_response("cancelled")
+        return []
+
+    def _open_response(self) -> list[ev.ServerEvent]:
+        overrides = self._response_overrides
+        modality = (overrides.output_modality if overrides is not None and overrides.output_modality
+                    else self.config.output_modality)
+        ref = ev.ContentRef(response_id=ev.new_id("resp"), item_id=ev.new_id("item"))
+        self._response = response = OpenResponse(ref, modality, self._answering)
+        if self.config.output_format is not AudioFormat.PCM16:
+            response.resampler = soxr.ResampleStream(WIRE_SAMPLE_RATE, self.config.output_format.sample_rate,
+                                                     1, dtype="float32")
+        item = ev.item_object(self._assistant_item(response), dialect=self.dialect, status="in_progress")
+        previous, self._last_item_id = self._last_item_id, ref.item_id
+        return [ev.response_created(self._response_object(response, "in_progress", [])),
+                ev.output_item_added(response_id=ref.response_id, output_index=0, item=item),
+                ev.conversation_item_added(item, previous_item_id=previous, dialect=self.dialect),
+                ev.content_part_added(ref, modality=modality)]
+
+    def _text_delta(self, response: OpenResponse, text: str) -> ev.ServerEvent:
+        response.transcript.append(text)
+        if response.modality == "text":
+            return ev.output_text_delta(response.ref, delta=text, dialect=self.dialect)
+        return ev.output_audio_transcript_delta(response.ref, delta=text, dialect=self.dialect)
+
+    def _audio_delta(self, response: OpenResponse, pcm_24k: np.ndarray) -> list[ev.ServerEvent]:
+        if response.modality == "text":
+            return []
+        pcm = pcm_24k if response.resampler is None else response.resampler.resample_chunk(pcm_24k)
+        audio = encode_audio(pcm, self.config.output_format)
+        return [ev.output_audio_delta(response.ref, audio=audio, dialect=self.dialect)] if audio else []
+
+    def _close_response(self, status: str) -> list[ev.ServerEvent]:
+        response, self._response = self._response, None
+        if response is None:
+            return []
+        ref, text = response.ref, "".join(response.transcript)
+        done: list[ev.ServerEvent] = []
+        if response.modality == "audio":
+            done += [ev.output_audio_done(ref, dialect=self.dialect),
+                     ev.output_audio_transcript_done(ref, transcript=text, dialect=self.dialect)]
+        else:
+            done.append(ev.output_text_done(ref, text=text, dialect=self.dialect))
+        item = ev.item_object(self._assistant_item(response), dialect=self.dialect,
+                              status="completed" if status == "completed" else "incomplete")
+        done += [ev.content_part_done(ref, modality=response.modality, text=text),
+                 ev.output_item_done(response_id=ref.response_id, output_index=0, item=item)]
+        item_done = ev.conversation_item_done(item, previous_item_id=None, dialect=self.dialect)
+        if item_done is not None:
+            done.append(item_done)
+        details = None if status == "completed" else ev.status_details(
+            "cancelled" if status == "cancelled" else "failed",
+            reason="client_cancelled" if status == "cancelled" else None)
+        done.append(ev.response_done(self._response_object(response, status, [item], details)))
+        return done
+
+    def _assistant_item(self, response: OpenResponse) -> MessageItem:
+        text = "".join(response.transcript)
+        part = OutputAudio(transcript=text) if response.modality == "audio" else OutputText(text=text)
+        return MessageItem(id=response.ref.item_id, role="assistant", content=(part,))
+
+    def _response_object(self, response: OpenResponse, status: Any, output: list[dict[str, Any]],
+                         details: dict[str, Any] | None = None) -> dict[str, Any]:
+        return ev.response_object(response_id=response.ref.response_id, status=status, dialect=self.dialect,
+                                  output=output, output_modality=response.modality,
+                                  output_format=self.config.output_format, voice=self.config.voice,
+                                  status_details=details)
+
+    def _session_object(self) -> dict[str, Any]:
+        return ev.session_object(self.config, session_id=self._session_id, model=self._model,
+                                 dialect=self.dialect)
+
+    @staticmethod
+    def _frame(event: ev.ServerEvent) -> str:
+        return json.dumps(event, ensure_ascii=False)
+
+    def _frames(self, events: list[ev.ServerEvent]) -> list[Frame]:
+        return [self._frame(e) for e in events]
+
+    def _out(self, event: ev.ServerEvent) -> Outgoing:
+        return Outgoing("frame", frame=self._frame(event))
+
