@@ -34,6 +34,7 @@ from web_demo.server.middleware import (
     require_api_key,
 )
 from web_demo.server.routes.asr import STREAM_ASR_HEALTH_PATH, AsrRoute
+from web_demo.server.routes.asr_realtime import RealtimeTranscriptionRoute
 from web_demo.server.routes.chat import ChatRoute
 from web_demo.server.routes.tts import TtsRoute
 from web_demo.server.routes.web import WebDemo
@@ -76,6 +77,9 @@ def make_app(cfg: HttpConfig, *, s2s: S2SEngine | None = None, chat: ChatConfig 
         app[ASR] = AsrRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(), metrics=metrics)
         app[ASR].mount(app)
         app.router.add_get(STREAM_ASR_HEALTH_PATH, health)  # the vLLM ASR plan's health URL
+        if s2s is None:  # with an S2S engine, /v1/realtime is its conversations
+            RealtimeTranscriptionRoute(models=asr_models, cfg=asr_config or AsrServiceConfig(),
+                                       metrics=metrics).mount(app)
     if tts is not None:
         app[TTS] = TtsRoute(engine=tts, cfg=tts_config or TtsServiceConfig(), metrics=metrics)
         app[TTS].mount(app, models_route=asr_models is None)  # one /v1/models: the ASR one

@@ -261,6 +261,11 @@ class AsrServiceConfig:
     vad_threshold: float = flag(0.5, "speech probability at or above which a 32 ms frame is speech",
                                 name="--vad-threshold")
     min_silence_s: float = flag(0.3, "shortest pause preferred as a cut", name="--min-silence-seconds")
+    max_realtime_sessions: int = flag(32, "concurrent /v1/realtime transcription connections; one more "
+                                      "gets an error event and close code 1013",
+                                      name="--max-realtime-sessions")
+    max_segment_s: float = flag(30.0, "/v1/realtime: longest speech segment transcribed at once; "
+                                "longer speech goes on in a new segment", name="--max-segment-seconds")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -275,6 +280,9 @@ class AsrServiceConfig:
             raise ValueError("--max-batch must be at least 1")
         if self.chunk_concurrency < 1:
             raise ValueError("--chunk-concurrency must be at least 1")
+        if self.max_realtime_sessions < 1:
+            raise ValueError("--max-realtime-sessions must be at least 1")
+        _positive("--max-segment-seconds", self.max_segment_s)
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must be between 0 and 1, got {self.vad_threshold}")
 
