@@ -2,8 +2,9 @@
 fail_timeout), the shape of the docker compose replicas profile: sessions spread over both,
 a replica killed mid-turn fails only its own sessions, and new sessions go to the live one.
 
-nginx runs from a config of this test's own in a temporary directory (Debian's nginx,
-scripts/setup_nginx.sh), so it needs no system directory and no service."""
+nginx runs deploy/nginx.conf, the config we ship, from a copy in a temporary directory with
+the two replicas in its s2s_upstream.conf (Debian's nginx, scripts/setup_nginx.sh), so it needs
+no system directory and no service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,56 +33,17 @@ from web_demo.chat_client import ChatClient, ChatError
 pytestmark = pytest.mark.slow
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-
-CONF = """\
-{user}
-worker_processes 1;
-error_log {tmp}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-    upstream s2s {{
-        zone s2s 64k;   # one least_conn count for every worker
-        least_conn;     # a WebSocket session is one long connection: count them
-        server 127.0.0.1:{port_a} max_fails=1 fail_timeout=30s;
-        server 127.0.0.1:{port_b} max_fails=1 fail_timeout=30s;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location /api/chat {{
-            proxy_pass http://s2s;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout;   # a dead replica: the next one
-        }}
-        location / {{
-            proxy_pass http://s2s;
-        }}
-    }}
-}}
-"""
+SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+# Passive health checks as the kill-a-replica assertions need them: the first connect refused
+# by the dead replica marks it down (max_fails=1), and it stays down for the rest of the test.
+UPSTREAM_LINE = "server 127.0.0.1:{port} max_fails=1 fail_timeout=30s;\n"
 
 
 @dataclass
 class Nginx:
     port: int
     process: subprocess.Popen[bytes]
-    error_log: Path
+    error_log: Path  # nginx's stderr: the shipped conf logs there (`error_log stderr warn;`)
 
 
 def health(port: int) -> dict[str, Any]:
@@ -123,25 +86,34 @@ def replicas(tmp_path: Path) -> Iterator[list[RunningServer]]:
 
 @pytest.fixture
 def nginx(tmp_path: Path, replicas: list[RunningServer]) -> Iterator[Nginx]:
+    """deploy/nginx.conf as shipped, run the way its header says: a copy in a directory of its
+    own with an s2s_upstream.conf beside it, `-p DIR`, only its `listen 8080;` changed.
+
+    No `user root;` even as root: the workers (then `nobody`) need no file of the prefix here.
+    The logs are the master's stdout and stderr, inherited, and no body in this test is big
+    enough to be buffered to a temp file."""
     if NGINX is None:
         pytest.skip("nginx is not installed: scripts/setup_nginx.sh")
     conf_dir = tmp_path / "nginx"
     conf_dir.mkdir()
     port = free_port()
     conf = conf_dir / "nginx.conf"
-    conf.write_text(CONF.format(user="user root;" if os.geteuid() == 0 else "", tmp=conf_dir, port=port,
-                                port_a=replicas[0].port, port_b=replicas[1].port))
-    process = subprocess.Popen(
-        [NGINX, "-p", str(conf_dir), "-e", str(conf_dir / "error.log"), "-c", str(conf),
-         "-g", f"daemon off; pid {conf_dir}/nginx.pid;"],
-        stdout=subprocess.DEVNULL, stderr=(conf_dir / "stderr.log").open("wb"))
-    proxy = Nginx(port, process, conf_dir / "error.log")
+    text, n = re.subn(r"^(\s*)listen 8080;$", rf"\1listen 127.0.0.1:{port};",
+                      SHIPPED_CONF.read_text(encoding="utf-8"), flags=re.M)
+    assert n == 1, "deploy/nginx.conf should have exactly one `listen 8080;` line"
+    conf.write_text(text, encoding="utf-8")
+    (conf_dir / "s2s_upstream.conf").write_text(
+        "".join(UPSTREAM_LINE.format(port=server.port) for server in replicas), encoding="utf-8")
+    error_log = conf_dir / "error.log"
+    with (conf_dir / "access.log").open("wb") as stdout, error_log.open("wb") as stderr:
+        process = subprocess.Popen([NGINX, "-p", str(conf_dir), "-c", str(conf), "-g", "daemon off;"],
+                                   stdout=stdout, stderr=stderr)
+    proxy = Nginx(port, process, error_log)
     try:
         deadline = time.monotonic() + 10
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(conf_dir / 'stderr.log').read_text()}"
-                                   f"{proxy.error_log.read_text() if proxy.error_log.exists() else ''}")
+                raise RuntimeError(f"nginx exited: {error_log.read_text()}")
             try:
                 health(port)
                 break
@@ -157,6 +129,23 @@ def nginx(tmp_path: Path, replicas: list[RunningServer]) -> Iterator[Nginx]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """A plain HTTP GET (no upgrade): its status and body; an error status is returned too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
+
+
+def test_plain_http_goes_through_nginx(nginx: Nginx, replicas: list[RunningServer]) -> None:
+    assert get(nginx.port, "/lb-health") == (200, b"ok\n")  # nginx's own
+    for _ in range(4):  # location / proxies /health to a replica (least_conn: either one)
+        status, body = get(nginx.port, "/health")
+        assert status == 200, body
+        assert "active" in json.loads(body)["sessions"], body
 
 
 async def turn(chat: ChatClient, seconds: float, *, realtime: bool = False) -> str:
