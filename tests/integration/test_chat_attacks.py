@@ -170,3 +170,19 @@ async def test_frame_of_exactly_the_limit_is_accepted(chat_server) -> None:
     assert len(b"\x04" + json.dumps({"pad": "x" * (4096 - 12)}).encode()) == 4096
     got = await chat.receive_for(0.3)
     assert got.errors == [] and not chat.ws.closed
+
+
+async def test_an_idle_connection_is_told_and_closed(chat_server) -> None:
+    client, connect = await chat_server(idle_timeout_s=0.4, ping_interval_s=0.1)
+    chat = await connect()
+    started = asyncio.get_running_loop().time()
+    idle = await chat.receive_for(2.0)
+    assert any("no client frame for 0.4 s" in e for e in idle.errors), idle.errors
+    assert chat.ws.closed and chat.ws.close_code == 1000
+    assert asyncio.get_running_loop().time() - started < 1.5
+    # a client that keeps talking is not idle, and neither is one waiting for a long reply
+    busy = await connect()
+    for _ in range(6):
+        await busy.send_pages(PAGES[:3])
+        await asyncio.sleep(0.15)
+    assert not busy.ws.closed

@@ -156,3 +156,13 @@ async def test_sessions_beyond_the_limit_are_refused(asr_app) -> None:
     await second.receive()  # the close
     assert second.close_code == 1013
     await first.close()
+
+
+async def test_an_idle_connection_gets_an_error_event_and_is_closed(asr_app) -> None:
+    client = await asr_app(models=AsrModels({"fake-asr": FakeAsr()}), realtime_idle_timeout_s=0.3)
+    ws = await client.ws_connect("/v1/realtime")
+    assert json.loads((await ws.receive()).data)["type"] == "session.created"
+    error = json.loads((await ws.receive(timeout=3)).data)
+    assert error["type"] == "error" and error["error"]["code"] == "idle_timeout"
+    await ws.receive(timeout=3)
+    assert ws.closed

@@ -49,6 +49,7 @@ class ChatWire:
 
     async def receive(self, session: ChatSession) -> None:
         async for msg in session.ws:
+            session.touch()
             try:
                 if msg.type is WSMsgType.BINARY:
                     await self._on_message(session, protocol.decode_binary(msg.data))

@@ -137,6 +137,8 @@ class ChatConfig:
                                   "connection", name="--write-timeout")
     ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",
                                  name="--ws-heartbeat")
+    idle_timeout_s: float = flag(600.0, "a connection whose client sends nothing for this long while no "
+                                 "reply runs gets an error frame and is closed", name="--idle-timeout")
     vad_threshold: float = flag(0.5, "server-side VAD, for sessions that ask for it (?vad=1): a 32 ms "
                                 "frame whose speech probability is at least this is speech "
                                 f"({THRESHOLD_RANGE[0]}-{THRESHOLD_RANGE[1]}; a session may set its own)",
@@ -165,7 +167,8 @@ class ChatConfig:
         for name, value in (("--ping-interval", self.ping_interval_s),
                             ("--max-turn-seconds", self.max_turn_s),
                             ("--write-timeout", self.write_timeout_s),
-                            ("--ws-heartbeat", self.ws_heartbeat_s)):
+                            ("--ws-heartbeat", self.ws_heartbeat_s),
+                            ("--idle-timeout", self.idle_timeout_s)):
             _positive(name, value)
 
 
@@ -266,6 +269,9 @@ class AsrServiceConfig:
                                       name="--max-realtime-sessions")
     max_segment_s: float = flag(30.0, "/v1/realtime: longest speech segment transcribed at once; "
                                 "longer speech goes on in a new segment", name="--max-segment-seconds")
+    realtime_idle_timeout_s: float = flag(600.0, "/v1/realtime: a connection whose client sends nothing "
+                                          "for this long gets an error event and is closed",
+                                          name="--realtime-idle-timeout")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -283,6 +289,7 @@ class AsrServiceConfig:
         if self.max_realtime_sessions < 1:
             raise ValueError("--max-realtime-sessions must be at least 1")
         _positive("--max-segment-seconds", self.max_segment_s)
+        _positive("--realtime-idle-timeout", self.realtime_idle_timeout_s)
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must be between 0 and 1, got {self.vad_threshold}")
 

@@ -165,6 +165,7 @@ class ChatSession:
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_s = min(cfg.ping_interval_s, cfg.write_timeout_s) / 4
         self._last_sent = 0.0  # loop time of the last frame sent
+        self._last_received = 0.0  # loop time of the last client frame
         self._send_started: float | None = None  # loop time the send in progress began
         self._bad_frames = 0
         self._aborted: str | None = None  # why the connection was cut, if it was
@@ -177,7 +178,7 @@ class ChatSession:
         self._conversation = self._engine.open_session(self.id, history_turns=self.cfg.history_turns)
         for item in opening:
             self.emit(item)
-        self._last_sent = asyncio.get_running_loop().time()
+        self._last_sent = self._last_received = asyncio.get_running_loop().time()
         self._tick()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -216,6 +217,10 @@ class ChatSession:
             self._aborted = reason
             if self._transport is not None:
                 self._transport.abort()
+
+    def touch(self) -> None:
+        """The client sent a frame (the idle timeout counts from the last one)."""
+        self._last_received = asyncio.get_running_loop().time()
 
     def bad_frame(self, exc: ProtocolError, answer: Frame | None = None) -> None:
         """A malformed client frame: counted, logged (the first few), answered (with the
@@ -439,6 +444,11 @@ class ChatSession:
         cfg, now = self.cfg, asyncio.get_running_loop().time()
         if self._send_started is not None and now - self._send_started >= cfg.write_timeout_s:
             self._abort(f"client is not reading (a send blocked {cfg.write_timeout_s:g} s)")
+            return
+        if self._progress is None and now - self._last_received >= cfg.idle_timeout_s:
+            logger.info("session %s: idle for %g s; closing", self.id, cfg.idle_timeout_s)
+            self.emit(Outgoing("error", text=f"no client frame for {cfg.idle_timeout_s:g} s; closing",
+                               close_code=WSCloseCode.OK))
             return
         # anything queued is about to reach the client anyway
         if self._wire.pings and now - self._last_sent >= cfg.ping_interval_s and self._outbox.empty():

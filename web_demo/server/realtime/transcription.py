@@ -56,8 +56,9 @@ class RealtimeTranscription:
     """One transcription WebSocket: its settings, VAD, current segment and transcriptions."""
 
     def __init__(self, ws: web.WebSocketResponse, *, models: AsrModels, vad_model: SileroVad,
-                 max_segment_s: float) -> None:
+                 max_segment_s: float, idle_timeout_s: float) -> None:
         self._ws = ws
+        self._idle_timeout_s = idle_timeout_s
         self._models = models
         self._vad_model = vad_model
         self._max_samples = int(max_segment_s * WIRE_SAMPLE_RATE)
@@ -84,8 +85,15 @@ class RealtimeTranscription:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _receive(self) -> None:
-        async for msg in self._ws:
-            if msg.type is WSMsgType.ERROR:
+        while True:
+            try:
+                msg = await self._ws.receive(timeout=self._idle_timeout_s)
+            except TimeoutError:
+                await self._send(ev.error_event(code="idle_timeout", error_type="invalid_request_error",
+                                                message=f"no event for {self._idle_timeout_s:g} s; closing"))
+                await self._ws.close()
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return
             try:
                 if msg.type is not WSMsgType.TEXT:

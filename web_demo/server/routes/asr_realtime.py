@@ -50,7 +50,8 @@ class RealtimeTranscriptionRoute:
         logger.info("realtime transcription session opened (%d active)", len(self.sockets))
         try:
             await RealtimeTranscription(ws, models=self._models, vad_model=self._vad_model,
-                                        max_segment_s=self._cfg.max_segment_s).run()
+                                        max_segment_s=self._cfg.max_segment_s,
+                                        idle_timeout_s=self._cfg.realtime_idle_timeout_s).run()
         finally:
             self.sockets.discard(ws)
             logger.info("realtime transcription session closed (%d active)", len(self.sockets))
