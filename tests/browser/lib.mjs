@@ -102,6 +102,7 @@ export async function step(name) {
 }
 
 let stdinLines = null;
+// stdin is read only while a step waits (paused otherwise, so it never keeps node alive).
 function readLine() {
   if (stdinLines === null) {
     stdinLines = { buffered: [], waiting: [], text: "" };
@@ -116,8 +117,14 @@ function readLine() {
         if (waiter) waiter(line);
         else stdinLines.buffered.push(line);
       }
+      if (!stdinLines.waiting.length) {
+        process.stdin.pause();
+        process.stdin.unref?.(); // a paused pipe still keeps node's loop alive otherwise
+      }
     });
   }
   if (stdinLines.buffered.length) return Promise.resolve(stdinLines.buffered.shift());
+  process.stdin.ref?.();
+  process.stdin.resume();
   return new Promise((resolve) => stdinLines.waiting.push(resolve));
 }
