@@ -96,6 +96,10 @@ class RealtimeWire:
         self._response: OpenResponse | None = None
         self._response_overrides: ResponseCreate | None = None
         self._input_resampler: Any = None  # soxr.ResampleStream 8 -> 24 kHz for G.711 input
+        # Why the next interruption cuts the response (its response.done status_details.reason):
+        # the VAD heard speech ("turn_detected", OpenAI's reason for a barge-in) unless the
+        # client sent response.cancel.
+        self._cut_reason: ev.StatusReason = "client_cancelled"
 
     @staticmethod
     def vad_settings(detection: TurnDetection) -> VadSettings:
@@ -116,6 +120,7 @@ class RealtimeWire:
 
     async def receive(self, session: ChatSession) -> None:
         async for msg in session.ws:
+            session.touch()
             if msg.type is WSMsgType.ERROR:
                 logger.info("session %s: socket error %s", session.id, session.ws.exception())
                 return
@@ -189,6 +194,12 @@ class RealtimeWire:
         session.emit(self._out(ev.session_updated(self._session_object())))
 
     async def _commit(self, session: ChatSession, event: InputAudioCommit) -> None:
+        if self._input_resampler is not None:
+            # The 8 -> 24 kHz stream holds back its last ~30 ms; the turn ends here, so flush
+            # them into it (a fresh stream takes the next turn's audio).
+            tail = self._input_resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._input_resampler = None
+            await session.feed_audio(tail)
         pcm_16k = session.take_turn_audio()
         if pcm_16k is None or len(pcm_16k) < MODEL_SAMPLE_RATE // 10:
             raise RealtimeProtocolError(
@@ -272,6 +283,7 @@ class RealtimeWire:
         if response is None or (event.response_id not in (None, response.ref.response_id)):
             raise RealtimeProtocolError("invalid_value", "no response in progress to cancel",
                                         param="response_id", event_id=event.event_id)
+        self._cut_reason = "client_cancelled"
         await session.interrupt()
 
     # ---- outbox items -> events -------------------------------------------------------------
@@ -280,13 +292,16 @@ class RealtimeWire:
         kind, what = data.get("type"), data.get("event")
         if kind == "vad" and what == "speech_started":
             self._speech_item_id = ev.new_id("item")
+            self._cut_reason = "turn_detected"  # the session interrupts the reply right after
             return {**data, "item_id": self._speech_item_id}
         if kind == "vad" and what == "speech_stopped":
+            self._cut_reason = "client_cancelled"  # unused if no reply was running at the onset
             return {**data, "item_id": self._speech_item_id or ev.new_id("item")}
         if kind == "transcript" and self._answering is not None:
             return {**data, "item_id": self._answering}
         if kind == "interrupted":
-            return data
+            reason, self._cut_reason = self._cut_reason, "client_cancelled"
+            return {**data, "reason": reason}
         return None
 
     def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
@@ -319,7 +334,7 @@ class RealtimeWire:
             return [ev.transcription_completed(item_id=data["item_id"], content_index=0,
                                                transcript=data["text"], audio_seconds=0.0)]
         if kind == "interrupted" and self._response is not None:
-            return self._close_response("cancelled")
+            return self._close_response("cancelled", data.get("reason", "client_cancelled"))
         return []
 
     def _open_response(self) -> list[ev.ServerEvent]:
@@ -351,12 +366,19 @@ class RealtimeWire:
         audio = encode_audio(pcm, self.config.output_format)
         return [ev.output_audio_delta(response.ref, audio=audio, dialect=self.dialect)] if audio else []
 
-    def _close_response(self, status: str) -> list[ev.ServerEvent]:
+    def _close_response(self, status: str,
+                        reason: ev.StatusReason = "client_cancelled") -> list[ev.ServerEvent]:
         response, self._response = self._response, None
         if response is None:
             return []
         ref, text = response.ref, "".join(response.transcript)
         done: list[ev.ServerEvent] = []
+        if response.modality == "audio" and response.resampler is not None and status == "completed":
+            # The 24 -> 8 kHz stream holds back the reply's last ~20 ms: flush them out.
+            tail = response.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            audio = encode_audio(tail, self.config.output_format)
+            if audio:
+                done.append(ev.output_audio_delta(ref, audio=audio, dialect=self.dialect))
         if response.modality == "audio":
             done += [ev.output_audio_done(ref, dialect=self.dialect),
                      ev.output_audio_transcript_done(ref, transcript=text, dialect=self.dialect)]
@@ -371,7 +393,7 @@ class RealtimeWire:
             done.append(item_done)
         details = None if status == "completed" else ev.status_details(
             "cancelled" if status == "cancelled" else "failed",
-            reason="client_cancelled" if status == "cancelled" else None)
+            reason=reason if status == "cancelled" else None)
         done.append(ev.response_done(self._response_object(response, status, [item], details)))
         return done
 
