@@ -173,7 +173,7 @@ async def test_frame_of_exactly_the_limit_is_accepted(chat_server) -> None:
 
 
 async def test_an_idle_connection_is_told_and_closed(chat_server) -> None:
-    client, connect = await chat_server(idle_timeout_s=0.4, ping_interval_s=0.1)
+    _, connect = await chat_server(idle_timeout_s=0.4, ping_interval_s=0.1)
     chat = await connect()
     started = asyncio.get_running_loop().time()
     idle = await chat.receive_for(2.0)

@@ -167,3 +167,34 @@ async def test_user_transcripts_come_from_the_asr_layer_and_never_cost_the_reply
     await chat.turn(tone_pages(1.0))
     reply = await chat.receive_reply(timeout=120)
     assert reply.errors == [] and reply.transcripts == [] and reply.final is not None
+
+
+async def test_tools_run_an_s2t_pass_on_a_fork_and_a_call_joins_the_history(
+        chat_server, speaker_npy, monkeypatch) -> None:
+    from utils.funaudiochat import tools as fac_tools
+
+    engine = tiny_engine(speaker_npy, max_steps=6)
+    _, connect = await chat_server(engine)
+    chat = await connect()
+    await chat.send_metadata({"tools": [{"name": "get_weather", "description": "Weather",
+                                         "parameters": {"type": "object", "properties": {}}}]})
+    # the random model answers without a call: the S2S pass speaks, the fork leaves no trace
+    await chat.turn(tone_pages(0.6))
+    spoken = await chat.receive_reply(timeout=120)
+    assert spoken.errors == [] and len(spoken.audio_pages) > 0
+    (conversation,) = engine.conversations.values()
+    assert [r for r, _ in conversation._state.history] == ["system", "user", "assistant"]
+    assert "# Tools" not in conversation._state.history[0][1]  # the S2S prompt, not the tools one
+    # a model that calls: the call reaches the client, the exchange joins the history
+    monkeypatch.setattr(fac_tools, "parse_tool_calls",
+                        lambda text: ([fac_tools.ParsedCall("get_weather", "{}")], ""))
+    await chat.turn(tone_pages(0.6))
+    called = await chat.receive_reply(timeout=120)
+    (call,) = [m for m in called.metadata if m.get("type") == "tool_call"]
+    assert call["name"] == "get_weather" and called.audio_pages == []
+    assert [r for r, _ in conversation._state.history] == ["system", "user", "assistant", "user", "assistant"]
+    await chat.send_metadata({"type": "tool_result", "call_id": call["call_id"], "output": "sunny"})
+    answered = await chat.receive_reply(timeout=120)
+    assert answered.errors == [] and len(answered.audio_pages) > 0
+    user_turns = [text for role, text in conversation._state.history if role == "user"]
+    assert user_turns[-1] == "<tool_response>\nsunny\n</tool_response>"

@@ -118,6 +118,9 @@ class ConversationState:
             rows = encode_user_audio(runtime, turn)
             content += AUDIO_TEMPLATE
         self.messages.append(_Message("user", content, rows))
+        self._trim()
+
+    def _trim(self) -> None:
         users = [i for i, m in enumerate(self.messages) if m.role == "user"]
         while len(users) > self.max_user_turns:
             # drop the oldest user message and everything up to the next user message
@@ -129,6 +132,27 @@ class ConversationState:
         if self.busy or not self.messages or self.messages[-1].role != "user":
             raise RuntimeError("an assistant message must follow a user message of a finished turn")
         self.messages.append(_Message("assistant", text))
+
+    def fork(self, system_prompt: str) -> ConversationState:
+        """A copy of this history under another system prompt, without caches: a side pass
+        (e.g. deciding on a tool call in S2T mode) that leaves this conversation untouched."""
+        if self.busy:
+            raise RuntimeError("this conversation has a turn in progress")
+        messages = [_Message(m.role, m.content, m.audio_rows) for m in self.messages if m.role != "system"]
+        return ConversationState(system_prompt=system_prompt, max_user_turns=self.max_user_turns,
+                                 messages=[_Message("system", system_prompt), *messages])
+
+    def adopt_last_exchange(self, fork: ConversationState) -> None:
+        """Appends the fork's last user message and its reply (audio already encoded) to this
+        history, as if this conversation had answered that turn."""
+        if self.busy or fork.busy or len(fork.messages) < 2 or fork.messages[-2].role != "user":
+            raise RuntimeError("the fork has no finished exchange to adopt")
+        if not self.messages:
+            self.messages.append(_Message("system", self.system_prompt or SPOKEN_S2M_SYSTEM_PROMPT))
+        user, reply = fork.messages[-2:]
+        self.messages += [_Message(user.role, user.content, user.audio_rows),
+                          _Message(reply.role, reply.content)]
+        self._trim()
 
     def set_system_prompt(self, prompt: str | None) -> None:
         """Takes effect from the next turn (the cached prefix is recomputed)."""

@@ -6,6 +6,9 @@ prompt, VAD, extras). Outbox items -> frames: the "[Processing...]" status text 
 old clients display it), text pieces, reply audio -> OpusStreamEncoder -> 0x01 pages, the
 "\\n[Final: ...]" text at the end of a reply, 0x05 errors, 0x06 pings, and the opt-in 0x04
 extras (transcripts, queue positions, latencies, VAD events) that old clients do not know.
+Function calling, also opt-in: metadata {"tools": [...]} offers functions with every turn,
+a call comes out as 0x04 {"type": "tool_call", ...}, and metadata {"type": "tool_result",
+"call_id": ..., "output": ...} is the turn that the model answers (in speech) next.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from aiohttp import WSMsgType
 
 from utils.opus import OpusStreamDecoder, OpusStreamEncoder
 from web_demo.server import protocol
+from web_demo.server.engines.base import Tool
 from web_demo.server.errors import ProtocolError
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
 from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
@@ -36,12 +40,13 @@ class ChatWire:
 
     def __init__(self, *, extras: bool = False) -> None:
         self.extras = extras  # opt-in 0x04 frames that old clients do not know
+        self.tools: tuple[Tool, ...] = ()  # offered to the model with every turn
         self._decoder = OpusStreamDecoder()
         self._encoder = OpusStreamEncoder()
 
     def opening(self, session: ChatSession) -> list[Outgoing]:
         items = [Outgoing("frame", frame=protocol.HANDSHAKE_FRAME)]
-        if session.vad_on:
+        if session.vad_on and self.extras:
             items.append(Outgoing("event", data=_vad_settings(session)))
         return items
 
@@ -67,7 +72,7 @@ class ChatWire:
         elif isinstance(message, ControlIn):
             await self._on_control(session, message.action)
         elif isinstance(message, MetadataIn):
-            self._on_metadata(session, message.data)
+            await self._on_metadata(session, message.data)
         elif isinstance(message, Ignored):
             logger.debug("session %s: ignored %s frame", session.id, message.kind.name)
 
@@ -87,7 +92,12 @@ class ChatWire:
         elif action is Control.RESTART:
             await session.restart()
 
-    def _on_metadata(self, session: ChatSession, data: dict[str, Any]) -> None:
+    async def _on_metadata(self, session: ChatSession, data: dict[str, Any]) -> None:
+        if data.get("type") == "tool_result":  # the outcome of a call: the model answers it
+            await session.answer(None, tools=self.tools, tool_results=(protocol.decode_tool_result(data),))
+            return
+        if "tools" in data:
+            self.tools = protocol.decode_tools(data["tools"])
         if "system_prompt" in data:
             prompt = data["system_prompt"]
             if not isinstance(prompt, str):
@@ -114,7 +124,7 @@ class ChatWire:
         session.emit_event(_vad_settings(session))
 
     async def turn_ended(self, session: ChatSession, pcm_16k: np.ndarray) -> None:
-        await session.answer(pcm_16k)
+        await session.answer(pcm_16k, tools=self.tools)
 
     # ---- outbox items -> frames -----------------------------------------------------------
 
@@ -137,12 +147,14 @@ class ChatWire:
             return [protocol.encode_error(item.text)]
         if kind == "ping":
             return [protocol.encode_ping()]
-        if kind == "event" and item.data is not None and self.extras:  # extras may be off by now
+        if kind == "event" and item.data is not None:
             return [protocol.encode_metadata(item.data)]
         return []
 
     def accept_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
-        return data if self.extras and data.get("type") in EXTRA_TYPES else None
+        """Extras when asked for; a tool call always (only a client that offered tools gets one)."""
+        kind = data.get("type")
+        return data if kind == "tool_call" or (self.extras and kind in EXTRA_TYPES) else None
 
 
 def _vad_settings(session: ChatSession) -> dict[str, Any]:

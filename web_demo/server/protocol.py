@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Any
 
 from utils.opus import split_ogg_pages
+from web_demo.server.engines.base import Tool, ToolResult
 from web_demo.server.errors import ProtocolError
 
 
@@ -41,6 +42,8 @@ HANDSHAKE_FRAME = bytes([MsgType.HANDSHAKE, PROTOCOL_VERSION, MODEL_ID])
 _ACTIONS = {"start": Control.START, "endTurn": Control.END_TURN,
             "pause": Control.PAUSE, "restart": Control.RESTART}
 MAX_SYSTEM_PROMPT_CHARS = 16_000
+MAX_TOOLS = 64
+MAX_TOOL_JSON_CHARS = 64_000  # the tools of one metadata frame, and one tool result
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,38 @@ def _decode_json_object(payload: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError("JSON payload must be an object")
     return value
+
+
+def decode_tools(value: Any) -> tuple[Tool, ...]:
+    """Metadata `"tools"`: functions the model may call, each {"name", "description",
+    "parameters"} or OpenAI's {"type": "function", "function": {...}}; [] removes them."""
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        raise ProtocolError(f"tools must be a list of at most {MAX_TOOLS} functions")
+    if len(json.dumps(value)) > MAX_TOOL_JSON_CHARS:
+        raise ProtocolError(f"tools longer than {MAX_TOOL_JSON_CHARS} characters of JSON")
+    tools = []
+    for entry in value:
+        function = entry.get("function", entry) if isinstance(entry, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict) or not isinstance(name, str) or not name:
+            raise ProtocolError("each tool needs a string 'name'")
+        parameters = function.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(parameters, dict) or not isinstance(function.get("description", ""), str):
+            raise ProtocolError(f"tool {function['name']!r:.40}: 'parameters' must be an object and "
+                                "'description' a string")
+        tools.append(Tool(function["name"], function.get("description", ""), parameters))
+    return tuple(tools)
+
+
+def decode_tool_result(data: dict[str, Any]) -> ToolResult:
+    """Metadata {"type": "tool_result", "call_id": ..., "output": ...}: a call's outcome."""
+    call_id, output = data.get("call_id"), data.get("output")
+    if not isinstance(call_id, str) or not isinstance(output, str):
+        raise ProtocolError("a tool_result needs a string 'call_id' and a string 'output'")
+    if len(output) > MAX_TOOL_JSON_CHARS:
+        raise ProtocolError(f"tool_result output longer than {MAX_TOOL_JSON_CHARS} characters")
+    return ToolResult(call_id, output)
 
 
 def encode_audio(ogg: bytes) -> bytes:

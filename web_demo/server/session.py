@@ -43,6 +43,9 @@ from web_demo.server.engines.base import (
     S2SEngine,
     SamplingOptions,
     TextDelta,
+    Tool,
+    ToolCall,
+    ToolResult,
     UserTranscript,
 )
 from web_demo.server.errors import EngineDead, ProtocolError, ServingError
@@ -156,6 +159,7 @@ class ChatSession:
         self._turn_samples = 0
         self._turn_overflowed = False
         self.system_prompt = cfg.default_system_prompt or None  # None: the engine's own
+        self.barge_in = True  # speech the VAD hears during a reply cuts it
         self._turn_index = 0
         self._epoch = 0
         self._progress: ReplyProgress | None = None
@@ -255,7 +259,8 @@ class ChatSession:
         self.emit_event({"type": "vad", "event": event.kind, "at_s": round(event.at_s, 3)})
         logger.info("session %s: VAD %s at %.2f s", self.id, event.kind, event.at_s)
         if event.preroll_24k is not None:
-            await self.interrupt()
+            if self.barge_in:
+                await self.interrupt()
             if not self.recording:
                 self._start_recording()
                 self._record(event.preroll_24k)
@@ -324,6 +329,11 @@ class ChatSession:
     def vad_on(self) -> bool:
         return self._vad is not None
 
+    @property
+    def reply_running(self) -> bool:
+        """A reply is being generated or sent (until its last item has gone out)."""
+        return self._progress is not None
+
     def _start_recording(self) -> None:
         self.recording = True
         self.take_turn_audio()
@@ -331,10 +341,11 @@ class ChatSession:
     # ---- infer: engine events -> paced outbox -------------------------------------------
 
     async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
-                     system_prompt: str | None = None) -> None:
-        """Starts the reply to a user turn: speech (float32 [T] at 16 kHz) or typed `text`;
-        a reply still running is cut first. `system_prompt` overrides the session's for
-        this reply."""
+                     system_prompt: str | None = None, tools: tuple[Tool, ...] = (),
+                     tool_results: tuple[ToolResult, ...] = ()) -> None:
+        """Starts the reply to a user turn: speech (float32 [T] at 16 kHz), typed `text` or
+        the outputs of the calls the model made; a reply still running is cut first.
+        `system_prompt` overrides the session's for this reply; the model may call `tools`."""
         refusal = self._lifecycle.refusal()
         if refusal is not None:
             self.send_error(f"turn not answered: {refusal}")
@@ -343,7 +354,8 @@ class ChatSession:
         request = ReplyRequest(turn_index=self._turn_index,
                                system_prompt=system_prompt or self.system_prompt,
                                user_audio_16k=np.zeros(0, np.float32) if pcm_16k is None else pcm_16k,
-                               user_text=text, sampling=self._sampling)
+                               user_text=text, sampling=self._sampling, tools=tools,
+                               tool_results=tool_results)
         self._turn_index += 1
         self._epoch += 1
         self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())
@@ -369,6 +381,9 @@ class ChatSession:
                         self.emit_event({"type": "transcript", "text": event.text}, epoch)
                     elif isinstance(event, QueuePosition):
                         self.emit_event({"type": "queue", "position": event.position}, epoch)
+                    elif isinstance(event, ToolCall):
+                        self.emit_event({"type": "tool_call", "call_id": event.call_id,
+                                         "name": event.name, "arguments": event.arguments}, epoch)
         except EngineDead as exc:
             progress.failed = True
             logger.error("session %s: engine dead: %s", self.id, exc)

@@ -32,6 +32,21 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A function the model may call (OpenAI's function tool)."""
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)  # JSON Schema of the arguments
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The client's output of a call the model made, answered in the next reply."""
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True)
 class ReplyRequest:
     """One finished user turn of a conversation, to be answered."""
     turn_index: int  # 0-based, counts every turn of the session, restarts included
@@ -39,6 +54,8 @@ class ReplyRequest:
     user_audio_16k: np.ndarray = field(repr=False)  # float32 [T]; empty for a typed turn
     sampling: SamplingOptions | None = None  # None: the engine's own settings
     user_text: str | None = None  # a typed turn (the Realtime API's input_text), not speech
+    tools: tuple[Tool, ...] = ()  # the model may call these instead of answering
+    tool_results: tuple[ToolResult, ...] = ()  # this turn's input: outputs of the last calls
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,15 @@ class QueuePosition:
     position: int
 
 
-ReplyEvent = UserTranscript | TextDelta | AudioDelta | QueuePosition
+@dataclass(frozen=True)
+class ToolCall:
+    """The model calls a tool; the reply carries no speech then. `arguments`: JSON text."""
+    call_id: str
+    name: str
+    arguments: str
+
+
+ReplyEvent = UserTranscript | TextDelta | AudioDelta | QueuePosition | ToolCall
 
 
 class S2SConversation(Protocol):

@@ -20,11 +20,13 @@ from web_demo.server.engines.base import (
     ReplyRequest,
     SynthesisRequest,
     TextDelta,
+    ToolCall,
+    ToolResult,
     TranscriptionRequest,
     TtsEngine,
     UserTranscript,
 )
-from web_demo.server.engines.responder import ChatTurn, Responder
+from web_demo.server.engines.responder import ChatTurn, ReplyPiece, Responder
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly and naturally."
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？；])\s+|\n+")
@@ -72,20 +74,28 @@ class CascadeConversation:
         self._history_turns = history_turns
         self._history: list[ChatTurn] = []
         self._heard_user: str | None = None  # transcript of the reply in progress
+        self._tool_results: tuple[ToolResult, ...] = ()  # its input, when it was tool results
+        self._calls: list[ToolCall] = []  # the calls it made
 
     async def reply(self, request: ReplyRequest) -> AsyncGenerator[ReplyEvent, None]:
         engine = self._engine
-        if request.user_text is not None:  # typed: nothing to hear
-            self._heard_user = request.user_text
+        self._tool_results, self._calls = request.tool_results, []
+        if request.tool_results or request.user_text is not None:  # nothing to hear
+            self._heard_user = request.user_text or ""
         else:
             heard = await engine.asr.transcribe(
                 TranscriptionRequest(pcm_16k=request.user_audio_16k, language=engine.language))
             self._heard_user = heard.text
             yield UserTranscript(heard.text)
         system_prompt = request.system_prompt or DEFAULT_SYSTEM_PROMPT
-        pieces = engine.responder.respond(system_prompt, tuple(self._history), self._heard_user)
+        pieces = engine.responder.respond(system_prompt, tuple(self._history), self._heard_user,
+                                          tools=request.tools, tool_results=request.tool_results)
         async with contextlib.aclosing(sentences(pieces)) as replies:
             async for sentence in replies:
+                if isinstance(sentence, ToolCall):  # not spoken: the client runs it
+                    self._calls.append(sentence)
+                    yield sentence
+                    continue
                 yield TextDelta(sentence)
                 speech = engine.tts.synthesize(SynthesisRequest(text=sentence.strip(), voice=engine.voice))
                 async with contextlib.aclosing(speech) as chunks:
@@ -95,7 +105,8 @@ class CascadeConversation:
     def commit_reply(self, heard_text: str) -> None:
         if self._heard_user is None:  # the turn failed or was cut before anything was heard
             return
-        self._history.append(ChatTurn(user=self._heard_user, assistant=heard_text))
+        self._history.append(ChatTurn(user=self._heard_user, assistant=heard_text,
+                                      tool_results=self._tool_results, tool_calls=tuple(self._calls)))
         del self._history[:max(len(self._history) - self._history_turns, 0)]
         self._heard_user = None
 
@@ -111,11 +122,18 @@ class CascadeConversation:
         return tuple(self._history)
 
 
-async def sentences(pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
-    """Regroups streamed text pieces into sentences (each keeps its trailing space)."""
+async def sentences(pieces: AsyncGenerator[ReplyPiece, None]) -> AsyncGenerator[ReplyPiece, None]:
+    """Regroups streamed text pieces into sentences (each keeps its trailing space); tool
+    calls pass through, after the text before them."""
     buffer = ""
     async with contextlib.aclosing(pieces):
         async for piece in pieces:
+            if isinstance(piece, ToolCall):
+                if buffer.strip():
+                    yield buffer
+                buffer = ""
+                yield piece
+                continue
             buffer += piece
             *complete, buffer = _split_keep_space(buffer)
             for sentence in complete:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from web_demo.server.engines.base import (
     ReplyRequest,
     SamplingOptions,
     TextDelta,
+    ToolCall,
     TranscriptionRequest,
     UserTranscript,
     Vocoder,
@@ -109,6 +111,10 @@ def _user_turn(request: ReplyRequest) -> Any:
     """The runtime's UserTurn: the speech, or the typed text of a Realtime API client."""
     from utils.funaudiochat import UserTurn
 
+    if request.tool_results:
+        from utils.funaudiochat.tools import tool_response_text
+
+        return UserTurn(text=tool_response_text([r.output for r in request.tool_results]))
     if request.user_text is not None:
         return UserTurn(text=request.user_text)
     return UserTurn(audio=request.user_audio_16k)
@@ -159,6 +165,12 @@ class FunAudioChatConversation:
         engine = self._engine
         engine.check_alive()
         await self._settle(request.system_prompt)
+        if request.tools and not request.tool_results:
+            calls = await self._tool_pass(request)
+            if calls:  # the reply is the calls; the client answers them in the next turn
+                for call in calls:
+                    yield call
+                return
         try:
             handle = engine.scheduler.submit(self._state, _user_turn(request),
                                              turn_sampling(engine.sampling, request.sampling),
@@ -190,6 +202,40 @@ class FunAudioChatConversation:
                 if stream is not None:
                     with contextlib.suppress(ServingError):
                         await stream.aclose()
+
+    async def _tool_pass(self, request: ReplyRequest) -> list[ToolCall]:
+        """Whether the model calls a tool: an S2T pass under the function-calling prompt, as
+        upstream runs it (greedy text), on a fork of the history. With calls, that exchange
+        joins the history; without, the fork is dropped and the turn is answered in speech by
+        the usual S2S pass (the S2T answer is not spoken: the model speaks only in S2S mode)."""
+        from utils.funaudiochat.tools import function_calling_prompt, parse_tool_calls
+
+        engine = self._engine
+        fork = self._state.fork(function_calling_prompt(
+            [{"name": t.name, "description": t.description, "parameters": t.parameters}
+             for t in request.tools]))
+        params = dataclasses.replace(turn_sampling(engine.sampling, request.sampling), text_greedy=True)
+        try:
+            handle = engine.scheduler.submit(fork, _user_turn(request), params, mode="s2t")
+        except RuntimeError as exc:
+            engine.check_alive(exc)
+            raise EngineError(f"cannot start the turn: {exc}", retryable=True) from exc
+        self._handle = handle
+        try:
+            async for _step in handle:
+                pass
+        except Exception as exc:  # raised by the scheduler thread for this turn
+            engine.check_alive(exc)
+            raise EngineError(f"generation failed: {exc}") from exc
+        finally:
+            if not handle.done.is_set():  # cut short (barge-in, client gone)
+                handle.cancel()
+        reply = fork.messages[-1].content if fork.messages[-1].role == "assistant" else ""
+        calls, _ = parse_tool_calls(reply)
+        if calls:
+            self._state.adopt_last_exchange(fork)
+        fork.close()
+        return [ToolCall(f"call_{secrets.token_hex(8)}", c.name, c.arguments) for c in calls]
 
     async def _steps(self, handle: Any, stream: VocoderStream) -> AsyncGenerator[ReplyEvent, None]:
         try:

@@ -25,12 +25,14 @@ import soxr
 from aiohttp import WSMsgType
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+from web_demo.server.engines.base import Tool, ToolResult
 from web_demo.server.errors import ProtocolError
 from web_demo.server.realtime import events as ev
-from web_demo.server.realtime.audio_formats import AudioFormat, decode_audio, encode_audio
+from web_demo.server.realtime.audio_formats import decode_audio
 from web_demo.server.realtime.messages import (
     OFF,
     Dialect,
+    FunctionCallOutputItem,
     InputAudio,
     InputAudioAppend,
     InputAudioClear,
@@ -40,10 +42,7 @@ from web_demo.server.realtime.messages import (
     ItemDelete,
     ItemTruncate,
     MessageItem,
-    Modality,
-    OutputAudio,
     OutputAudioClear,
-    OutputText,
     RealtimeClientEvent,
     RealtimeProtocolError,
     ResponseCancel,
@@ -53,6 +52,7 @@ from web_demo.server.realtime.messages import (
     TurnDetection,
 )
 from web_demo.server.realtime.protocol import decode_client_event
+from web_demo.server.realtime.response import ResponseStream
 from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
 from web_demo.server.vad import VadSettings
 
@@ -67,16 +67,7 @@ class PendingInput:
     item_ids: list[str] = field(default_factory=list)
     audio_16k: list[np.ndarray] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class OpenResponse:
-    """The response being streamed: one assistant message item with one content part."""
-    ref: ev.ContentRef
-    modality: Modality
-    user_item_id: str | None
-    transcript: list[str] = field(default_factory=list)
-    resampler: Any = None  # soxr.ResampleStream 24 -> 8 kHz for G.711 output
+    tool_results: list[ToolResult] = field(default_factory=list)  # function_call_output items
 
 
 class RealtimeWire:
@@ -84,16 +75,16 @@ class RealtimeWire:
 
     pings = False  # WebSocket heartbeats keep the connection; the API has no ping event
 
-    def __init__(self, *, model: str) -> None:
+    def __init__(self, *, model: str, dialect: Dialect = "ga") -> None:
         self.config = SessionConfig()
-        self.dialect: Dialect = "ga"
+        self.dialect: Dialect = dialect  # beta clients say so in a header; GA otherwise
         self._model = model
         self._session_id = ev.new_id("sess")
         self._last_item_id: str | None = None
         self._speech_item_id: str | None = None  # the user item the VAD is hearing
         self._pending = PendingInput()
         self._answering: str | None = None  # the user item of the reply being generated
-        self._response: OpenResponse | None = None
+        self._response: ResponseStream | None = None
         self._response_overrides: ResponseCreate | None = None
         self._input_resampler: Any = None  # soxr.ResampleStream 8 -> 24 kHz for G.711 input
         # Why the next interruption cuts the response (its response.done status_details.reason):
@@ -191,6 +182,7 @@ class RealtimeWire:
             session.recording = True  # the input buffer fills until the client commits
         elif isinstance(update.turn_detection, TurnDetection):
             session.set_vad(True, self.vad_settings(update.turn_detection))
+            session.barge_in = update.turn_detection.interrupt_response
         session.emit(self._out(ev.session_updated(self._session_object())))
 
     async def _commit(self, session: ChatSession, event: InputAudioCommit) -> None:
@@ -223,7 +215,7 @@ class RealtimeWire:
         if detection is not None and detection.create_response:
             await self._answer(session, None)
 
-    def _announce_item(self, session: ChatSession, item: MessageItem) -> None:
+    def _announce_item(self, session: ChatSession, item: MessageItem | FunctionCallOutputItem) -> None:
         obj = ev.item_object(item, dialect=self.dialect)
         previous, self._last_item_id = self._last_item_id, item.id
         added = ev.conversation_item_added(obj, previous_item_id=previous, dialect=self.dialect)
@@ -234,10 +226,17 @@ class RealtimeWire:
 
     def _create_item(self, session: ChatSession, event: ItemCreate) -> None:
         item = event.item
+        if isinstance(item, FunctionCallOutputItem):
+            item = replace(item, id=item.id or ev.new_id("item"))
+            assert item.id is not None
+            self._pending.tool_results.append(ToolResult(item.call_id, item.output))
+            self._pending.item_ids.append(item.id)
+            self._announce_item(session, item)
+            return
         if not isinstance(item, MessageItem) or item.role != "user":
             raise RealtimeProtocolError(
-                "unsupported_value", "only user messages can be added to the conversation here "
-                "(the engines keep their own history; function calling is not served yet)",
+                "unsupported_value", "only user messages and function_call_output items can be added "
+                "to the conversation here (the engines keep their own history)",
                 param="item", event_id=event.event_id)
         item = replace(item, id=item.id or ev.new_id("item"))
         assert item.id is not None
@@ -273,14 +272,29 @@ class RealtimeWire:
         self._response_overrides = overrides
         self._answering = pending.item_ids[-1]
         instructions = overrides.instructions if overrides is not None else None
-        if pending.audio_16k:
-            await session.answer(np.concatenate(pending.audio_16k), system_prompt=instructions)
+        offered = self.config.tools
+        if overrides is not None and overrides.tools is not None:
+            offered = overrides.tools
+        tools = () if self._tool_choice(overrides) == "none" else tuple(
+            Tool(t.name, t.description, t.parameters) for t in offered)
+        if pending.tool_results:
+            await session.answer(None, system_prompt=instructions, tools=tools,
+                                 tool_results=tuple(pending.tool_results))
+        elif pending.audio_16k:
+            await session.answer(np.concatenate(pending.audio_16k), system_prompt=instructions, tools=tools)
         else:
-            await session.answer(None, text="\n".join(pending.texts), system_prompt=instructions)
+            await session.answer(None, text="\n".join(pending.texts), system_prompt=instructions, tools=tools)
+
+    def _tool_choice(self, overrides: ResponseCreate | None) -> Any:
+        if overrides is not None and overrides.tool_choice is not None:
+            return overrides.tool_choice
+        return self.config.tool_choice
 
     async def _cancel_response(self, session: ChatSession, event: ResponseCancel) -> None:
+        # A reply asked for but not announced yet (response.created still queued) is in progress too.
         response = self._response
-        if response is None or (event.response_id not in (None, response.ref.response_id)):
+        known = response is not None and event.response_id in (None, response.id)
+        if not (known or (session.reply_running and event.response_id is None)):
             raise RealtimeProtocolError("invalid_value", "no response in progress to cancel",
                                         param="response_id", event_id=event.event_id)
         self._cut_reason = "client_cancelled"
@@ -302,18 +316,20 @@ class RealtimeWire:
         if kind == "interrupted":
             reason, self._cut_reason = self._cut_reason, "client_cancelled"
             return {**data, "reason": reason}
+        if kind == "tool_call":
+            return data
         return None
 
     def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
-        kind = item.kind
+        kind, response = item.kind, self._response
         if kind == "frame" and item.frame is not None:
             return [item.frame]
         if kind == "reply_started":
             return self._frames(self._open_response())
-        if kind == "text" and item.text is not None and self._response is not None:
-            return self._frames([self._text_delta(self._response, item.text)])
-        if kind == "audio" and item.pcm_24k is not None and self._response is not None:
-            return self._frames(self._audio_delta(self._response, item.pcm_24k))
+        if kind == "text" and item.text is not None and response is not None:
+            return self._frames(response.text(item.text))
+        if kind == "audio" and item.pcm_24k is not None and response is not None:
+            return self._frames(response.audio(item.pcm_24k))
         if kind == "reply_ended":
             failed = progress is not None and progress.failed
             return self._frames(self._close_response("failed" if failed else "completed"))
@@ -333,6 +349,8 @@ class RealtimeWire:
         if kind == "transcript":
             return [ev.transcription_completed(item_id=data["item_id"], content_index=0,
                                                transcript=data["text"], audio_seconds=0.0)]
+        if kind == "tool_call" and self._response is not None:
+            return self._response.tool_call(data["call_id"], data["name"], data["arguments"])
         if kind == "interrupted" and self._response is not None:
             return self._close_response("cancelled", data.get("reason", "client_cancelled"))
         return []
@@ -341,73 +359,18 @@ class RealtimeWire:
         overrides = self._response_overrides
         modality = (overrides.output_modality if overrides is not None and overrides.output_modality
                     else self.config.output_modality)
-        ref = ev.ContentRef(response_id=ev.new_id("resp"), item_id=ev.new_id("item"))
-        self._response = response = OpenResponse(ref, modality, self._answering)
-        if self.config.output_format is not AudioFormat.PCM16:
-            response.resampler = soxr.ResampleStream(WIRE_SAMPLE_RATE, self.config.output_format.sample_rate,
-                                                     1, dtype="float32")
-        item = ev.item_object(self._assistant_item(response), dialect=self.dialect, status="in_progress")
-        previous, self._last_item_id = self._last_item_id, ref.item_id
-        return [ev.response_created(self._response_object(response, "in_progress", [])),
-                ev.output_item_added(response_id=ref.response_id, output_index=0, item=item),
-                ev.conversation_item_added(item, previous_item_id=previous, dialect=self.dialect),
-                ev.content_part_added(ref, modality=modality)]
+        self._response = ResponseStream(dialect=self.dialect, modality=modality, voice=self.config.voice,
+                                        output_format=self.config.output_format,
+                                        previous_item_id=self._last_item_id)
+        return self._response.created()
 
-    def _text_delta(self, response: OpenResponse, text: str) -> ev.ServerEvent:
-        response.transcript.append(text)
-        if response.modality == "text":
-            return ev.output_text_delta(response.ref, delta=text, dialect=self.dialect)
-        return ev.output_audio_transcript_delta(response.ref, delta=text, dialect=self.dialect)
-
-    def _audio_delta(self, response: OpenResponse, pcm_24k: np.ndarray) -> list[ev.ServerEvent]:
-        if response.modality == "text":
-            return []
-        pcm = pcm_24k if response.resampler is None else response.resampler.resample_chunk(pcm_24k)
-        audio = encode_audio(pcm, self.config.output_format)
-        return [ev.output_audio_delta(response.ref, audio=audio, dialect=self.dialect)] if audio else []
-
-    def _close_response(self, status: str,
-                        reason: ev.StatusReason = "client_cancelled") -> list[ev.ServerEvent]:
+    def _close_response(self, status: str, reason: ev.StatusReason | None = None) -> list[ev.ServerEvent]:
         response, self._response = self._response, None
         if response is None:
             return []
-        ref, text = response.ref, "".join(response.transcript)
-        done: list[ev.ServerEvent] = []
-        if response.modality == "audio" and response.resampler is not None and status == "completed":
-            # The 24 -> 8 kHz stream holds back the reply's last ~20 ms: flush them out.
-            tail = response.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            audio = encode_audio(tail, self.config.output_format)
-            if audio:
-                done.append(ev.output_audio_delta(ref, audio=audio, dialect=self.dialect))
-        if response.modality == "audio":
-            done += [ev.output_audio_done(ref, dialect=self.dialect),
-                     ev.output_audio_transcript_done(ref, transcript=text, dialect=self.dialect)]
-        else:
-            done.append(ev.output_text_done(ref, text=text, dialect=self.dialect))
-        item = ev.item_object(self._assistant_item(response), dialect=self.dialect,
-                              status="completed" if status == "completed" else "incomplete")
-        done += [ev.content_part_done(ref, modality=response.modality, text=text),
-                 ev.output_item_done(response_id=ref.response_id, output_index=0, item=item)]
-        item_done = ev.conversation_item_done(item, previous_item_id=None, dialect=self.dialect)
-        if item_done is not None:
-            done.append(item_done)
-        details = None if status == "completed" else ev.status_details(
-            "cancelled" if status == "cancelled" else "failed",
-            reason=reason if status == "cancelled" else None)
-        done.append(ev.response_done(self._response_object(response, status, [item], details)))
-        return done
-
-    def _assistant_item(self, response: OpenResponse) -> MessageItem:
-        text = "".join(response.transcript)
-        part = OutputAudio(transcript=text) if response.modality == "audio" else OutputText(text=text)
-        return MessageItem(id=response.ref.item_id, role="assistant", content=(part,))
-
-    def _response_object(self, response: OpenResponse, status: Any, output: list[dict[str, Any]],
-                         details: dict[str, Any] | None = None) -> dict[str, Any]:
-        return ev.response_object(response_id=response.ref.response_id, status=status, dialect=self.dialect,
-                                  output=output, output_modality=response.modality,
-                                  output_format=self.config.output_format, voice=self.config.voice,
-                                  status_details=details)
+        events = response.close(status, reason)
+        self._last_item_id = response.last_item_id
+        return events
 
     def _session_object(self) -> dict[str, Any]:
         return ev.session_object(self.config, session_id=self._session_id, model=self._model,

@@ -20,6 +20,7 @@ from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
 from web_demo.server.realtime import events as rt_events
+from web_demo.server.realtime.protocol import MAX_APPEND_B64_CHARS
 from web_demo.server.realtime.wire import RealtimeWire
 from web_demo.server.sampling_query import sampling_from_query
 from web_demo.server.session import ChatSession, Outgoing, Wire
@@ -28,6 +29,7 @@ from web_demo.server.vad import SileroVad, VadSettings, requested_vad
 logger = logging.getLogger(__name__)
 
 TRY_AGAIN_LATER = 1013  # WebSocket close code: server overloaded or going away
+REALTIME_FRAME_SLACK = 64 * 1024  # the JSON around the largest append's base64
 
 
 class ChatRoute:
@@ -76,8 +78,11 @@ class ChatRoute:
 
     async def handle_realtime(self, request: web.Request) -> web.StreamResponse:
         """/v1/realtime: OpenAI's Realtime API over the same sessions and engines."""
-        ws = await self._upgrade(request)
-        wire = RealtimeWire(model=request.query.get("model", "") or self.engine.name)
+        # One append may carry 15 MiB of base64 (OpenAI's limit), more than --max-frame-bytes.
+        ws = await self._upgrade(request, max_frame_bytes=MAX_APPEND_B64_CHARS + REALTIME_FRAME_SLACK)
+        beta = request.headers.get("OpenAI-Beta", "").startswith("realtime")  # the beta clients' header
+        wire = RealtimeWire(model=request.query.get("model", "") or self.engine.name,
+                            dialect="beta" if beta else "ga")
         refusal = self._refusal()
         if refusal is not None:
             error = rt_events.error_event(code="server_busy", message=refusal, error_type="server_error")
@@ -86,9 +91,10 @@ class ChatRoute:
         await self._serve(request, session, wire.opening(session))
         return ws
 
-    async def _upgrade(self, request: web.Request) -> web.WebSocketResponse:
+    async def _upgrade(self, request: web.Request, *,
+                       max_frame_bytes: int | None = None) -> web.WebSocketResponse:
         # aiohttp refuses a frame of exactly max_msg_size; the limit we document is inclusive.
-        ws = web.WebSocketResponse(max_msg_size=self._cfg.max_frame_bytes + 1,
+        ws = web.WebSocketResponse(max_msg_size=(max_frame_bytes or self._cfg.max_frame_bytes) + 1,
                                    heartbeat=self._cfg.ws_heartbeat_s)
         await ws.prepare(request)
         return ws
