@@ -205,6 +205,46 @@ async def test_speech_during_a_response_cancels_it_and_the_new_turn_is_answered(
         assert conversation.committed == ["first", "second"]
 
 
+async def test_with_interrupt_response_off_speech_lets_the_response_finish(chat_server: Any) -> None:
+    engine = FakeEngine(audio_s=3.0, text_pieces=("first",), step_delay_s=0.05)
+    client, _ = await start(chat_server, engine)
+    async with connect(client.server.port) as conn:
+        await opened(conn)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "interrupt_response": False, "create_response": False}}}})
+        await append_audio(conn, with_silence(HELLO, lead_s=LEAD_S, tail_s=1.2))
+        await collect(conn, is_type("input_audio_buffer.committed"), timeout=20)
+        await conn.response.create()
+        await collect(conn, is_type(*AUDIO_DELTAS), timeout=10)  # the answer is playing
+        await append_audio(conn, with_silence(HELLO, lead_s=0.3, tail_s=1.2))  # the user talks over it
+        rest = await collect(conn, is_done(), timeout=20)
+    assert "input_audio_buffer.speech_started" in rest.types()
+    assert rest.done()[0].status == "completed" and engine.stopped_at == []
+
+
+async def test_a_cancel_right_after_response_create_cancels_it(chat_server: Any) -> None:
+    client, _ = await start(chat_server, FakeEngine(audio_s=8.0))
+    async with connect(client.server.port) as conn:
+        await manual_session(conn)
+        await append_audio(conn, tone_24k(0.5), speed=20)
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        await conn.response.cancel()  # before response.created can have reached the client
+        got = await collect(conn, is_done(), timeout=10)
+    assert got.errors() == [] and got.done()[0].status == "cancelled"
+    assert len(got.audio()) < 2 * TONE_BYTES_PER_S
+
+
+async def test_the_beta_header_gets_a_beta_session_created(chat_server: Any) -> None:
+    client, _ = await start(chat_server)
+    ws = await client.ws_connect("/v1/realtime?model=m", headers={"OpenAI-Beta": "realtime=v1"})
+    created = json.loads((await ws.receive(timeout=5)).data)
+    assert created["type"] == "session.created"
+    assert "modalities" in created["session"] and "input_audio_format" in created["session"]
+    plain = await client.ws_connect("/v1/realtime?model=m")
+    assert "output_modalities" in json.loads((await plain.receive(timeout=5)).data)["session"]
+
+
 async def test_a_text_only_response(chat_server: Any) -> None:
     client, _ = await start(chat_server, FakeEngine(audio_s=0.4))
     async with connect(client.server.port) as conn:

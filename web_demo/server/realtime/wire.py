@@ -85,6 +85,7 @@ class RealtimeWire:
         self._pending = PendingInput()
         self._answering: str | None = None  # the user item of the reply being generated
         self._response: ResponseStream | None = None
+        self._requested = False  # a reply was asked for and its response is not open yet
         self._response_overrides: ResponseCreate | None = None
         self._input_resampler: Any = None  # soxr.ResampleStream 8 -> 24 kHz for G.711 input
         # Why the next interruption cuts the response (its response.done status_details.reason):
@@ -269,7 +270,7 @@ class RealtimeWire:
     async def _answer(self, session: ChatSession, overrides: ResponseCreate | None) -> None:
         """Answers the pending user input: its audio, or its text when there is no audio."""
         pending, self._pending = self._pending, PendingInput()
-        self._response_overrides = overrides
+        self._response_overrides, self._requested = overrides, True
         self._answering = pending.item_ids[-1]
         instructions = overrides.instructions if overrides is not None else None
         offered = self.config.tools
@@ -351,14 +352,17 @@ class RealtimeWire:
                                                transcript=data["text"], audio_seconds=0.0)]
         if kind == "tool_call" and self._response is not None:
             return self._response.tool_call(data["call_id"], data["name"], data["arguments"])
-        if kind == "interrupted" and self._response is not None:
-            return self._close_response("cancelled", data.get("reason", "client_cancelled"))
+        if kind == "interrupted" and (self._response is not None or self._requested):
+            # cut before its first item went out: the client still sees it begin and end
+            opened = self._open_response() if self._response is None else []
+            return opened + self._close_response("cancelled", data.get("reason", "client_cancelled"))
         return []
 
     def _open_response(self) -> list[ev.ServerEvent]:
         overrides = self._response_overrides
         modality = (overrides.output_modality if overrides is not None and overrides.output_modality
                     else self.config.output_modality)
+        self._requested = False
         self._response = ResponseStream(dialect=self.dialect, modality=modality, voice=self.config.voice,
                                         output_format=self.config.output_format,
                                         previous_item_id=self._last_item_id)
