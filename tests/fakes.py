@@ -104,6 +104,31 @@ class FakeConversation:
         self.closed = True
 
 
+@dataclass
+class ToneTts:
+    """In-process TtsEngine: 200 ms of a 330 Hz tone per request; records each text it was
+    asked to speak."""
+    name: str = "tone"
+    sample_rate: int = 24000
+    texts: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        return {"model": "tone", "device": "cpu"}
+
+    async def speakers(self) -> list[str]:
+        return ["tone"]
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
+        self.texts.append(request.text)
+        yield PcmChunk(_TONE_200MS, self.sample_rate)
+
+
 # ---- worker handlers, loaded by import path inside spawned worker processes -------------
 
 # Short timeouts so that supervisor tests run in seconds; hang_timeout_s stays well above

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.fakes import FAST, FakeAsr, wait_until
+from tests.fakes import FAST, FakeAsr, ToneTts, wait_until
 from tests.helpers import tone_pages
 from web_demo.server.app import LIFECYCLE, make_app
 from web_demo.server.config import AsrConfig, HttpConfig
-from web_demo.server.engines.base import PcmChunk, ReplyRequest, SynthesisRequest
+from web_demo.server.engines.base import ReplyRequest
 from web_demo.server.engines.builders import build_asr_engine
 from web_demo.server.engines.cascade import CascadeEngine, sentences
 from web_demo.server.engines.local import WorkerTtsEngine
@@ -23,22 +23,6 @@ from web_demo.server.engines.responder import ChatTurn, EchoResponder, OpenAICha
 from web_demo.server.errors import EngineError
 
 PAGES = tone_pages(0.5)
-
-
-class ToneTts:
-    name, sample_rate = "tone", 24000
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    def health(self) -> dict[str, object]:
-        return {"model": "tone", "device": "cpu"}
-
-    async def synthesize(self, request: SynthesisRequest):
-        yield PcmChunk(np.zeros(2400, np.float32), 24000)
 
 
 def tone_cascade(chunk_delay_s: float = 0.1) -> tuple[CascadeEngine, WorkerTtsEngine]:

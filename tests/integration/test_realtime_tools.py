@@ -10,8 +10,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes import FakeAsr
-from tests.integration.test_tool_calls import ToneTts, fake_llm
+from tests.fakes import FakeAsr, ToneTts
+from tests.integration.test_tool_calls import fake_llm
 from tests.realtime_helpers import (
     MANUAL_TURNS,
     append_audio,

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.fakes import FakeAsr, FakeEngine
+from tests.fakes import FakeAsr, FakeEngine, ToneTts
 from web_demo.server.app import LIFECYCLE, make_app
 from web_demo.server.config import CLIENT_DIR, ChatConfig, HttpConfig
-from web_demo.server.engines.base import PcmChunk, SynthesisRequest
 
 KEY = "page-test-key"
 ASSET = re.compile(r'(?:src|href)="(/static/[^"]+)"')
@@ -24,25 +21,6 @@ TRAVERSALS = ("/static/../server/app.py", "/static/asr/../../server/app.py",
               "/static/%2e%2e/server/app.py", "/static/..%2fserver%2fapp.py",
               "/static/asr/%2e%2e/%2e%2e/server/app.py", "/static//etc/passwd",
               "/static/%2fetc%2fpasswd", "/static/asr/..%5c..%5cserver%5capp.py")
-
-
-class ToneTts:
-    name, sample_rate = "tone", 24000
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    def health(self) -> dict[str, object]:
-        return {"model": "tone", "device": "cpu"}
-
-    async def speakers(self) -> list[str]:
-        return ["tone"]
-
-    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[PcmChunk]:
-        yield PcmChunk(np.zeros(2400, np.float32), 24000)
 
 
 async def client_for(aiohttp_client: Any, **engines: Any) -> Any:

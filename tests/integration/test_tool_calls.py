@@ -10,36 +10,14 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from tests.fakes import FakeAsr
+from tests.fakes import FakeAsr, ToneTts
 from tests.helpers import tone_pages
-from web_demo.server.engines.base import PcmChunk, SynthesisRequest
 from web_demo.server.engines.cascade import CascadeEngine
 from web_demo.server.engines.responder import OpenAIChatResponder
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather at a place",
     "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}
-
-
-class ToneTts:
-    name, sample_rate = "tone", 24000
-    texts: list[str]
-
-    def __init__(self) -> None:
-        self.texts = []
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-    def health(self) -> dict[str, object]:
-        return {"model": "tone", "device": "cpu"}
-
-    async def synthesize(self, request: SynthesisRequest):
-        self.texts.append(request.text)
-        yield PcmChunk((0.3 * np.sin(2 * np.pi * 440 * np.arange(4800) / 24000)).astype(np.float32), 24000)
 
 
 def fake_llm(seen: list[dict[str, Any]]) -> web.Application:

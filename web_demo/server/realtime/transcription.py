@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import soxr
 from aiohttp import WSMsgType, web
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
@@ -29,7 +28,7 @@ from web_demo.server.engines.asr_models import AsrModels
 from web_demo.server.engines.base import TranscriptionRequest
 from web_demo.server.errors import ServingError
 from web_demo.server.realtime import events as ev
-from web_demo.server.realtime.audio_formats import decode_audio
+from web_demo.server.realtime.appended_audio import AppendedAudio
 from web_demo.server.realtime.messages import (
     OFF,
     InputAudioAppend,
@@ -71,7 +70,7 @@ class RealtimeTranscription:
         self._samples = 0
         self._item_id: str | None = None  # the segment's item, from its speech start
         self._last_item_id: str | None = None
-        self._input_resampler: Any = None
+        self._input = AppendedAudio()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
 
@@ -104,10 +103,11 @@ class RealtimeTranscription:
 
     async def _on_event(self, event: RealtimeClientEvent) -> None:
         if isinstance(event, InputAudioAppend):
-            await self._feed(self._input_24k(event.audio))
+            await self._feed(self._input.convert(event.audio))
         elif isinstance(event, SessionUpdate):
             await self._update(event)
         elif isinstance(event, InputAudioCommit):
+            await self._feed(self._input.flush())  # the segment ends here: all of its audio
             if self._samples < MIN_SEGMENT_S * WIRE_SAMPLE_RATE:
                 raise RealtimeProtocolError("invalid_value", "the input audio buffer holds less than "
                                             "100 ms of audio", event_id=event.event_id)
@@ -119,16 +119,6 @@ class RealtimeTranscription:
             raise RealtimeProtocolError("unsupported_value", "a transcription session takes session.update "
                                         "and input_audio_buffer events only", event_id=event.event_id)
 
-    def _input_24k(self, audio: bytes) -> np.ndarray:
-        fmt = self.config.input_format
-        pcm = decode_audio(audio, fmt)
-        if fmt.sample_rate == WIRE_SAMPLE_RATE:
-            return pcm
-        if self._input_resampler is None:
-            self._input_resampler = soxr.ResampleStream(fmt.sample_rate, WIRE_SAMPLE_RATE, 1, dtype="float32")
-        out: np.ndarray = self._input_resampler.resample_chunk(pcm)
-        return out
-
     async def _update(self, update: SessionUpdate) -> None:
         if update.session_type == "realtime":
             raise RealtimeProtocolError("unsupported_value", "this is the ASR server: conversations are "
@@ -139,9 +129,8 @@ class RealtimeTranscription:
             self._models.resolve(transcription.model, param="session.audio.input.transcription.model")
         if update.dialect is not None:
             self.dialect = update.dialect
-        if update.input_format is not None and update.input_format != self.config.input_format:
-            self._input_resampler = None
         self.config = self.config.updated(update)
+        self._input.set_format(self.config.input_format)
         if update.turn_detection is OFF:
             self._vad = None
         elif isinstance(update.turn_detection, TurnDetection):

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import soxr
 from aiohttp import WSMsgType
 
-from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+from utils.audio import MODEL_SAMPLE_RATE, resample
 from web_demo.server.engines.base import Tool, ToolResult
 from web_demo.server.errors import ProtocolError
 from web_demo.server.realtime import events as ev
+from web_demo.server.realtime.appended_audio import AppendedAudio
 from web_demo.server.realtime.audio_formats import decode_audio
 from web_demo.server.realtime.messages import (
     OFF,
@@ -87,7 +87,7 @@ class RealtimeWire:
         self._response: ResponseStream | None = None
         self._requested = False  # a reply was asked for and its response is not open yet
         self._response_overrides: ResponseCreate | None = None
-        self._input_resampler: Any = None  # soxr.ResampleStream 8 -> 24 kHz for G.711 input
+        self._input = AppendedAudio()
         # Why the next interruption cuts the response (its response.done status_details.reason):
         # the VAD heard speech ("turn_detected", OpenAI's reason for a barge-in) unless the
         # client sent response.cancel.
@@ -128,7 +128,7 @@ class RealtimeWire:
 
     async def _on_event(self, session: ChatSession, event: RealtimeClientEvent) -> None:
         if isinstance(event, InputAudioAppend):
-            await session.feed_audio(self._input_24k(event.audio))
+            await session.feed_audio(self._input.convert(event.audio))
         elif isinstance(event, SessionUpdate):
             self._update_session(session, event)
         elif isinstance(event, InputAudioCommit):
@@ -156,16 +156,6 @@ class RealtimeWire:
             raise RealtimeProtocolError("unsupported_value", f"{type(event).__name__} is not served here",
                                         event_id=event.event_id)
 
-    def _input_24k(self, audio: bytes) -> np.ndarray:
-        fmt = self.config.input_format
-        pcm = decode_audio(audio, fmt)
-        if fmt.sample_rate == WIRE_SAMPLE_RATE:
-            return pcm
-        if self._input_resampler is None:
-            self._input_resampler = soxr.ResampleStream(fmt.sample_rate, WIRE_SAMPLE_RATE, 1, dtype="float32")
-        out: np.ndarray = self._input_resampler.resample_chunk(pcm)
-        return out
-
     def _update_session(self, session: ChatSession, update: SessionUpdate) -> None:
         if update.session_type == "transcription":
             raise RealtimeProtocolError(
@@ -173,9 +163,8 @@ class RealtimeWire:
                 "/v1/realtime?intent=transcription", param="session.type", event_id=update.event_id)
         if update.dialect is not None:
             self.dialect = update.dialect
-        if update.input_format is not None and update.input_format != self.config.input_format:
-            self._input_resampler = None
         self.config = self.config.updated(update)
+        self._input.set_format(self.config.input_format)
         if update.instructions is not None:
             session.system_prompt = update.instructions or session.cfg.default_system_prompt or None
         if update.turn_detection is OFF:
@@ -187,12 +176,7 @@ class RealtimeWire:
         session.emit(self._out(ev.session_updated(self._session_object())))
 
     async def _commit(self, session: ChatSession, event: InputAudioCommit) -> None:
-        if self._input_resampler is not None:
-            # The 8 -> 24 kHz stream holds back its last ~30 ms; the turn ends here, so flush
-            # them into it (a fresh stream takes the next turn's audio).
-            tail = self._input_resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            self._input_resampler = None
-            await session.feed_audio(tail)
+        await session.feed_audio(self._input.flush())  # the turn ends here: all of its audio
         pcm_16k = session.take_turn_audio()
         if pcm_16k is None or len(pcm_16k) < MODEL_SAMPLE_RATE // 10:
             raise RealtimeProtocolError(
