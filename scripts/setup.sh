@@ -15,22 +15,8 @@ fi
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
-APT_PACKAGES=(espeak-ng flite libsndfile1)
-
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        echo "[setup] installing system packages: ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "[setup] MISSING system packages: ${missing[*]}" >&2
-        echo "[setup] run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+source scripts/apt_packages.sh
+ensure_apt_packages setup espeak-ng flite libsndfile1
 
 stamp=.venv/.requirements.sha
 # pyproject.toml is in the stamp: the editable install below reads it (packages, metadata).

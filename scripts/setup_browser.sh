@@ -5,21 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium fonts-wqy-microhei nodejs)  # nodejs brings npm
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        echo "[setup-browser] installing system packages: ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "[setup-browser] MISSING system packages: ${missing[*]}" >&2
-        echo "[setup-browser] run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+source scripts/apt_packages.sh
+ensure_apt_packages setup-browser chromium fonts-wqy-microhei nodejs  # nodejs brings npm
 
 stamp=tests/browser/node_modules/.lock.sha
 want=$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)

@@ -7,28 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nginx)
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]} == 0)); then
+if dpkg -s nginx >/dev/null 2>&1; then
     echo "[setup-nginx] nginx is installed ($(nginx -v 2>&1))"
     exit 0
 fi
-if [[ $(id -u) -ne 0 ]]; then
-    echo "[setup-nginx] MISSING system packages: ${missing[*]}" >&2
-    echo "[setup-nginx] run:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-fi
 policy=/usr/sbin/policy-rc.d
-temporary_policy=""
-if [[ ! -e $policy ]]; then
+if [[ $(id -u) -eq 0 && ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy"
     chmod 755 "$policy"
-    temporary_policy=$policy
-    trap 'rm -f "$temporary_policy"' EXIT
+    trap 'rm -f "$policy"' EXIT
 fi
-echo "[setup-nginx] installing system packages: ${missing[*]}"
-apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+source scripts/apt_packages.sh
+ensure_apt_packages setup-nginx nginx
 echo "[setup-nginx] done ($(nginx -v 2>&1))"
