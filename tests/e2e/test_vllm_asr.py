@@ -76,7 +76,8 @@ def _check_venv() -> Path:
     if not python.exists():
         pytest.fail(f"{VENV.name}/ is missing, so no real vLLM can start: {fix}", pytrace=False)
     stamp = VENV / ".setup.sha"
-    if not stamp.exists() or stamp.read_text().strip() != hashlib.sha256(SETUP.read_bytes()).hexdigest():
+    cpu_install = hashlib.sha256(SETUP.read_bytes() + b"gpu=\n").hexdigest()  # the script's own stamp
+    if not stamp.exists() or stamp.read_text().strip() != cpu_install:
         pytest.fail(f"{VENV.name}/ is out of date with {SETUP.name} (or half-installed): {fix}",
                     pytrace=False)
     return python
