@@ -3,6 +3,8 @@ service's app, espeak-ng behind it) and our CosyVoice3 runtime in a worker (--tt
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from aiohttp.test_utils import TestServer
 
@@ -55,7 +57,9 @@ async def test_cascade_speaks_with_cosyvoice3(tmp_path) -> None:
     save_speaker(speaker, tts.make_speaker(PROMPT_WAV, "希望你以后能够做的比我还好呦。"))
     cfg = TtsConfig(model_path=model, voice=str(speaker))
     assert "CosyVoice3 from" in describe_s2s_choice_line(cfg)
-    worker = build_tts_engine(cfg, FAST)
+    # loading CosyVoice3 (torch, the ONNX front end) in a fresh process takes ~10 s on a quiet
+    # 2-core machine, and more on a busy one
+    worker = build_tts_engine(cfg, replace(FAST, ready_timeout_s=120))
     engine = CascadeEngine(asr=FakeAsr(), responder=EchoResponder(), tts=worker)
     assert await reply_audio_s(engine) > 1.0
     assert worker.health()["engine"] == "cosyvoice3"
