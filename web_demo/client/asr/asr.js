@@ -2,36 +2,14 @@
 // (multipart, response_format=verbose_json, as OpenAI's API) -> the text and its timed segments.
 // The server decodes webm/ogg/mp4 uploads itself, so MediaRecorder's output is sent as it is.
 
-const $ = (id) => document.getElementById(id);
+import { $, failure, getJson, headers, keepApiKey, showError } from "/static/pages.js";
+
 const form = $("form"), fileInput = $("file"), recordButton = $("record"), preview = $("preview");
-const submit = $("submit"), statusLine = $("status"), errorBox = $("error");
-const KEY_STORE = "fac-api-key";  // sessionStorage: kept across reloads, gone with the tab
+const submit = $("submit"), statusLine = $("status");
 
 let audio = null;  // {blob, name}: what Transcribe sends, the latest file chosen or recording made
 let recorder = null;
 let previewUrl = null;
-
-function headers() {
-  const key = $("api-key").value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-// The one JSON error body ({"error": {"message", "type", "code"}}) as a line; else the status.
-async function failure(response) {
-  let message = `${response.status} ${response.statusText}`;
-  try {
-    const body = await response.json();
-    if (body && body.error && body.error.message) {
-      message = `${response.status} ${body.error.type || "error"}: ${body.error.message}`;
-    }
-  } catch { /* not JSON: keep the status line */ }
-  return new Error(message);
-}
-
-function showError(message) {
-  errorBox.textContent = message;
-  errorBox.hidden = !message;
-}
 
 const size = (bytes) => (bytes < 1024 ? `${bytes} bytes` : `${(bytes / 1024).toFixed(1)} KiB`);
 
@@ -48,10 +26,7 @@ function setAudio(blob, name, origin) {
 async function loadModels() {
   const select = $("model");
   try {
-    const response = await fetch("/v1/models", { headers: headers() });
-    if (response.status === 401) $("settings").open = true;
-    if (!response.ok) throw await failure(response);
-    const ids = (await response.json()).data.map((m) => m.id);
+    const ids = (await getJson("/v1/models")).data.map((m) => m.id);
     if (!ids.length) return;
     const kept = select.value;
     select.replaceChildren(...ids.map((id) => new Option(id, id)));
@@ -170,9 +145,4 @@ fileInput.addEventListener("change", () => {
 });
 recordButton.addEventListener("click", toggleRecording);
 form.addEventListener("submit", transcribe);
-$("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
-$("api-key").addEventListener("change", () => {
-  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
-  loadModels();
-});
-loadModels();
+keepApiKey(loadModels);

@@ -1,46 +1,16 @@
 // The TTS server's test page: text + voice -> POST /v1/audio/speech (a JSON body, as OpenAI's
 // API) -> the encoded audio as a blob, played in the <audio> element.
 
-const $ = (id) => document.getElementById(id);
-const form = $("form"), submit = $("submit"), statusLine = $("status"), errorBox = $("error");
+import { $, failure, getJson, headers, keepApiKey, showError } from "/static/pages.js";
+
+const form = $("form"), submit = $("submit"), statusLine = $("status");
 const player = $("player");
-const KEY_STORE = "fac-api-key";  // sessionStorage: kept across reloads, gone with the tab
 // OpenAI's voice names: the default speaker, when the server lists no speakers of its own.
 const OPENAI_VOICES = ["alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
                        "shimmer", "verse"];
 
 let audioUrl = null;
 
-function headers(extra = {}) {
-  const key = $("api-key").value.trim();
-  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
-}
-
-// The one JSON error body ({"error": {"message", "type", "code"}}) as a line; else the status.
-async function failure(response) {
-  let message = `${response.status} ${response.statusText}`;
-  try {
-    const body = await response.json();
-    if (body && body.error && body.error.message) {
-      message = `${response.status} ${body.error.type || "error"}: ${body.error.message}`;
-    }
-  } catch { /* not JSON: keep the status line */ }
-  return new Error(message);
-}
-
-function showError(message) {
-  errorBox.textContent = message;
-  errorBox.hidden = !message;
-}
-
-async function getJson(path) {
-  const response = await fetch(path, { headers: headers() });
-  if (response.status === 401) $("settings").open = true;
-  if (!response.ok) throw await failure(response);
-  return response.json();
-}
-
-// The server's choices; a reload (a new API key) keeps what the user picked from them.
 function fill(select, values, preferred, fromServer = true) {
   const kept = select.dataset.listed ? select.value : null;
   select.replaceChildren(...values.map((v) => new Option(v, v)));
@@ -112,9 +82,4 @@ player.addEventListener("loadedmetadata", () => {
   }
 });
 form.addEventListener("submit", speak);
-$("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
-$("api-key").addEventListener("change", () => {
-  sessionStorage.setItem(KEY_STORE, $("api-key").value.trim());
-  loadLists();
-});
-loadLists();
+keepApiKey(loadLists);
