@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.browser.conftest import ARTIFACTS, HERE, ROOT, Scenario
-from tests.e2e.conftest import free_port
+from tests.browser.conftest import ARTIFACTS, HERE, Scenario
+from tests.e2e.conftest import RunningServer, free_port, start_server, stop_server
 from tests.helpers import FIXTURES
 from utils.opus import OpusStreamEncoder, decode_pages, split_ogg_pages
 
@@ -37,43 +33,25 @@ HELLO_AT_S = 9.0
 
 
 class ChatServer:
-    """The S2S server as a process on one fixed port, so it can be restarted under a page."""
+    """The S2S server (cascade engine) as a process on one fixed port, so it can be restarted
+    under a page."""
 
     def __init__(self, log: Path) -> None:
         self.port = free_port()
         self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
+        self.running: RunningServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self, ready_timeout_s: float = 120.0) -> None:
-        out = self.log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "web_demo.server.server", "--engine", "cascade",
-             "--asr-language", "en", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}health", timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.process.kill()
-        raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{self.log.read_text()[-3000:]}")
+    def start(self) -> None:
+        self.running = start_server(["--engine", "cascade", "--asr-language", "en"], self.log,
+                                    port=self.port)
 
     def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+        assert self.running is not None
+        return stop_server(self.running)
 
 
 @pytest.fixture(scope="module")

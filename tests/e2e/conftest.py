@@ -36,11 +36,13 @@ def free_port() -> int:
 
 def start_server(args: list[str], log: Path, ready_timeout_s: float = 120.0,
                  module: str = "web_demo.server.server",
-                 env: dict[str, str] | None = None) -> RunningServer:
+                 env: dict[str, str] | None = None, port: int | None = None) -> RunningServer:
     """Starts `python -m MODULE` (the S2S server by default) and waits until /health answers;
-    `env` adds to (or overrides) this process's environment."""
-    port = free_port()
-    out = log.open("wb")
+    `env` adds to (or overrides) this process's environment. `port`: a fixed one (a restart
+    on the same port), else a free one. The log is appended to, so a restart keeps the first
+    run's lines."""
+    port = port or free_port()
+    out = log.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", module, "--host", "127.0.0.1",
          "--port", str(port), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
