@@ -2,6 +2,7 @@
 
     python benchmarks/token2wav_stream.py                      # tiny golden model, CPU
     python benchmarks/token2wav_stream.py --full-size-random --device cuda --dtype float16
+    python benchmarks/token2wav_stream.py --batched                # batched vs serial streams
 
 Each run pushes random speech tokens one at a time (as the LLM emits them) into a fresh
 stream, then finalizes it. Times are compute only (tokens are available instantly):
@@ -10,6 +11,14 @@ stream, then finalizes it. Times are compute only (tokens are available instantl
   stream needed before it (at 25 tokens/s from the LLM that is the arrival wait);
 - last_chunk_ms_per_s: cost of the reply's last full hop per second of audio it produced,
   which shows how per-chunk cost grows with the prefix.
+
+`--batched` instead runs N cached streams (1/4/8/16) side by side, each reply fed one LLM
+step (`--step-tokens`) per round: serially (one stream's push after another, as a worker
+serving one request at a time does) and batched (one `BatchedToken2Wav.advance` per round
+for all streams). tokens/s is the speech tokens all streams turned into audio per compute
+second; RTF is compute / one reply's audio seconds (< 1: all N keep real time); max_diff is
+the largest batched-vs-serial sample difference. `--stagger` starts stream i i rounds late,
+so chunks fall due in different rounds.
 Prints a table and writes JSON under benchmarks/results/ (gitignored).
 """
 
@@ -27,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.cosyvoice3.batched_stream import BatchedToken2Wav, StreamWork
 from utils.cosyvoice3.config import flow_config_from_tree, hift_config_from_tree, load_json_tree
 from utils.cosyvoice3.loading import build_modules, place
 from utils.cosyvoice3.noise import build_noise
@@ -104,17 +114,100 @@ def run_one(model: Token2Wav, mode: str, reply_s: float, embedding: np.ndarray, 
                   rtf=round(spent / audio_s, 4))
 
 
+@dataclass
+class BatchedResult:
+    streams: int
+    reply_s: float
+    serial_s: float
+    batched_s: float
+    serial_tokens_per_s: float
+    batched_tokens_per_s: float
+    speedup: float
+    serial_rtf: float
+    batched_rtf: float
+    max_diff: float
+
+
+def _rounds(n_streams: int, n_tokens: int, step: int, stagger: bool) -> list[list[tuple[int, int, bool]]]:
+    """Per round: (stream, first token of its push, finalize) for the streams pushing then."""
+    groups = -(-n_tokens // step)
+    start = [i if stagger else 0 for i in range(n_streams)]
+    rounds: list[list[tuple[int, int, bool]]] = []
+    for r in range(max(start) + groups):
+        rounds.append([(i, (r - s) * step, r - s == groups - 1)
+                       for i, s in enumerate(start) if 0 <= r - s < groups])
+    return rounds
+
+
+def run_batched(model: Token2Wav, n_streams: int, reply_s: float, step: int, stagger: bool,
+                embedding: np.ndarray) -> BatchedResult:
+    n_tokens = int(reply_s * TOKEN_RATE)
+    tokens = [np.random.default_rng(i).integers(0, 6561, n_tokens).tolist() for i in range(n_streams)]
+    rounds = _rounds(n_streams, n_tokens, step, stagger)
+    device = model.device
+
+    serial = [model.new_stream("cached", embedding=embedding) for _ in range(n_streams)]
+    serial_pcm: list[list[np.ndarray]] = [[] for _ in range(n_streams)]
+    _sync(device)
+    start = time.perf_counter()
+    for pushes in rounds:
+        for i, at, last in pushes:
+            serial_pcm[i].append(serial[i].push(tokens[i][at:at + step]))
+            if last:
+                serial_pcm[i].append(serial[i].finalize())
+    _sync(device)
+    serial_s = time.perf_counter() - start
+
+    batcher = BatchedToken2Wav(model)
+    streams = [model.new_stream("cached", embedding=embedding) for _ in range(n_streams)]
+    batched_pcm: list[list[np.ndarray]] = [[] for _ in range(n_streams)]
+    _sync(device)
+    start = time.perf_counter()
+    for pushes in rounds:
+        work = [StreamWork(streams[i], tokens[i][at:at + step], finalize=last) for i, at, last in pushes]
+        for (i, _, _), pcm in zip(pushes, batcher.advance(work), strict=True):
+            assert isinstance(pcm, np.ndarray), pcm
+            batched_pcm[i].append(pcm)
+    _sync(device)
+    batched_s = time.perf_counter() - start
+
+    diff = max(float(np.abs(np.concatenate(a) - np.concatenate(b)).max())
+               for a, b in zip(serial_pcm, batched_pcm, strict=True))
+    audio_s = n_tokens / TOKEN_RATE
+    total = n_streams * n_tokens
+    return BatchedResult(streams=n_streams, reply_s=reply_s, serial_s=round(serial_s, 3),
+                         batched_s=round(batched_s, 3),
+                         serial_tokens_per_s=round(total / serial_s, 1),
+                         batched_tokens_per_s=round(total / batched_s, 1),
+                         speedup=round(serial_s / batched_s, 2),
+                         serial_rtf=round(serial_s / audio_s, 3), batched_rtf=round(batched_s / audio_s, 3),
+                         max_diff=diff)
+
+
+def print_batched_table(results: list[BatchedResult]) -> str:
+    header = ("streams", "reply_s", "serial_s", "batched_s", "serial_tok/s", "batched_tok/s",
+              "speedup", "serial_RTF", "batched_RTF", "max_diff")
+    rows = [(str(r.streams), f"{r.reply_s:g}", f"{r.serial_s:.2f}", f"{r.batched_s:.2f}",
+             f"{r.serial_tokens_per_s:.0f}", f"{r.batched_tokens_per_s:.0f}", f"{r.speedup:.2f}x",
+             f"{r.serial_rtf:.3f}", f"{r.batched_rtf:.3f}", f"{r.max_diff:.1e}") for r in results]
+    return _table(header, rows)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "-|-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
 def print_table(results: list[Result]) -> str:
     header = ("mode", "reply_s", "audio_s", "chunks", "first_tok", "first_ms", "total_s",
               "ms/audio_s", "last_hop_ms/s", "RTF")
     rows = [(r.mode, f"{r.reply_s:g}", f"{r.audio_s:.2f}", str(r.chunks), str(r.first_chunk_tokens),
              f"{r.first_chunk_ms:.1f}", f"{r.total_s:.2f}", f"{r.cost_ms_per_s:.1f}",
              f"{r.last_chunk_ms_per_s:.1f}", f"{r.rtf:.3f}") for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "-|-".join("-" * w for w in widths)]
-    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return _table(header, rows)
 
 
 def growth(results: list[Result]) -> dict[str, float]:
@@ -140,7 +233,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="reply length of the untimed warm-up run per mode")
     p.add_argument("--left-chunks", type=int, help="override num_decoding_left_chunks (-1: all, as released)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--batched", action="store_true", help="batched vs serial cached streams")
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16], help="with --batched")
+    p.add_argument("--reply-s", type=float, default=10.0, help="with --batched: each reply's length")
+    p.add_argument("--step-tokens", type=int, default=5, help="with --batched: tokens per push")
+    p.add_argument("--stagger", action="store_true", help="with --batched: stream i starts i rounds late")
     return p.parse_args(argv)
+
+
+def _meta(args: argparse.Namespace) -> dict[str, object]:
+    return {"model": "full-size random" if args.full_size_random else str(args.model_dir),
+            "device": args.device, "dtype": args.dtype, "threads": args.threads,
+            "left_chunks": args.left_chunks, "torch": torch.__version__, "machine": platform.machine(),
+            "gpu": (torch.cuda.get_device_name(0)
+                    if torch.cuda.is_available() and args.device.startswith("cuda") else None)}
+
+
+def main_batched(args: argparse.Namespace, model: Token2Wav, embedding: np.ndarray) -> None:
+    run_batched(model, 2, args.warmup_s, args.step_tokens, False, embedding)  # warm-up
+    results = [run_batched(model, n, args.reply_s, args.step_tokens, args.stagger, embedding)
+               for n in args.streams]
+    logger.info("%d-token pushes, %s starts, %d thread(s)\n%s", args.step_tokens,
+                "staggered" if args.stagger else "aligned", args.threads, print_batched_table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = "full_random" if args.full_size_random else "tiny"
+    name = f"token2wav_batched_{size}_{args.device.replace(':', '')}"
+    path = args.out / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
+    path.write_text(json.dumps({**_meta(args), "step_tokens": args.step_tokens, "stagger": args.stagger,
+                                "results": [asdict(r) for r in results]}, indent=1))
+    logger.info("wrote %s", path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -149,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args)
     embedding = np.random.default_rng(2).standard_normal(192).astype(np.float32)
+    if args.batched:
+        with torch.inference_mode():
+            main_batched(args, model, embedding)
+        return
     for mode in args.modes:  # warm-up: first calls pay for kernel selection and allocation
         run_one(model, mode, args.warmup_s, embedding, seed=99)
     results = [run_one(model, mode, d, embedding, seed=i)
@@ -161,11 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = f"token2wav_stream_{size}_{args.device.replace(':', '')}"
     path = args.out / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}.json"
     path.write_text(json.dumps({
-        "model": "full-size random" if args.full_size_random else str(args.model_dir),
-        "device": args.device, "dtype": args.dtype, "threads": args.threads, "left_chunks": args.left_chunks,
-        "torch": torch.__version__, "machine": platform.machine(),
-        "gpu": (torch.cuda.get_device_name(0)
-                if torch.cuda.is_available() and args.device.startswith("cuda") else None),
+        **_meta(args),
         "results": [asdict(r) for r in results], "cost_growth_longest_vs_shortest": ratios,
     }, indent=1))
     logger.info("wrote %s", path)

@@ -14,6 +14,7 @@ The estimator runs in two ways with one code path:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,12 @@ class KVCache:
         self._hi += n
         self.length += n
         return self._k[:, :, self._lo:self._hi], self._v[:, :, self._lo:self._hi]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               first_visible: int = 0) -> torch.Tensor:
+        """Append the new keys/values [B, H, n, d], then attend q [B, H, n, d] to all visible."""
+        keys, values = self.append(k, v, first_visible)
+        return F.scaled_dot_product_attention(q, keys, values)
 
 
 @dataclass
@@ -155,7 +162,10 @@ class RotaryEmbedding(nn.Module):
 
 
 def _apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H*d]; rotate adjacent pairs of the first angles.shape[-1] channels."""
+    """x [B, T, H*d]; rotate adjacent pairs of the first angles.shape[-1] channels.
+
+    angles [T, d] (shared) or [B, T, d] (a position per row) broadcast over x.
+    """
     width = angles.shape[-1]
     rot, rest = x[..., :width], x[..., width:]
     pairs = rot.unflatten(-1, (-1, 2))  # [B, T, d/2, 2]
@@ -182,8 +192,10 @@ class Attention(nn.Module):
         v = self.to_v(x)
         q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))  # [B, H, T, d]
         if kv is not None:
-            k, v = kv.append(k, v, first_visible)  # [B, H, visible cached + T, d]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            assert mask is None, "a chunk sees its cache and itself: no mask"
+            out = kv.attend(q, k, v, first_visible)  # keys: [B, H, visible cached + T, d]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(b, t, -1)  # [B, H, T, d] -> [B, T, H*d]
         return self.to_out[0](out)
 
@@ -223,7 +235,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
                 kv: KVCache | None, first_visible: int = 0) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.attn_norm(c)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (_to_rows(m, h) for m in self.attn_norm(c))
         normed = _layer_norm(h) * (1 + scale1) + shift1
         h = h + gate1 * self.attn(normed, angles, mask, kv, first_visible)
         normed = _layer_norm(h) * (1 + scale2) + shift2
@@ -237,7 +249,18 @@ class AdaLayerNormFinal(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         scale, shift = self.linear(F.silu(c)).chunk(2, dim=1)  # scale first, unlike the blocks
-        return _layer_norm(h) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+        scale, shift = _to_rows(scale.unsqueeze(1), h), _to_rows(shift.unsqueeze(1), h)
+        return _layer_norm(h) * (1 + scale) + shift
+
+
+def _to_rows(m: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Time modulation [Bc, 1, D] for h [B, T, D], where B is a multiple of Bc.
+
+    Bc < B is the batched vocoder: every pair of CFG rows shares one time, so the time
+    path runs on two rows, exactly as for one stream (a matmul's rounding depends on its
+    row count), and is repeated here for every stream.
+    """
+    return m if m.shape[0] == h.shape[0] else m.repeat(h.shape[0] // m.shape[0], 1, 1)
 
 
 def _layer_norm(h: torch.Tensor) -> torch.Tensor:
@@ -295,16 +318,31 @@ class DiT(nn.Module):
 
     def _run(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
              cond: torch.Tensor, mask: torch.Tensor | None, cache: DiTCache | None) -> torch.Tensor:
-        b, n_mel, t_len = x.shape
-        assert mu.shape == cond.shape == (b, n_mel, t_len), (x.shape, mu.shape, cond.shape)
-        assert spks.shape == (b, self.cfg.spk_dim) and t.shape == (b,), (spks.shape, t.shape)
-        c = self.time_embed(t)  # [B, D]
-        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks, cache)
         start = 0 if cache is None else cache.length
-        angles = self.rotary_embed.angles(start, t_len)
+        angles = self.rotary_embed.angles(start, x.shape[2])
         size, left = self.cfg.static_chunk_size, self.cfg.num_decoding_left_chunks
         first_visible = max(start // size - left, 0) * size if left >= 0 else 0
+        return self.run_layers(x, mu, t, spks, cond, angles, mask, cache,
+                               None if cache is None else cache.layers, first_visible)
+
+    def run_layers(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
+                   cond: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
+                   cache: DiTCache | None, kv: Sequence[KVCache] | None,
+                   first_visible: int = 0) -> torch.Tensor:
+        """The estimator body with the positions and caches given explicitly.
+
+        `angles` is [T, d], or [B, T, d] when rows sit at different positions; `cache`
+        supplies the positional convs' tails, `kv` one key/value store per block. The
+        batched vocoder (batched_stream.py) passes stacked tails, a per-row store and the
+        times of one CFG pair `t` [2], shared by every stream's pair of rows.
+        """
+        b, n_mel, t_len = x.shape
+        assert mu.shape == cond.shape == (b, n_mel, t_len), (x.shape, mu.shape, cond.shape)
+        assert spks.shape == (b, self.cfg.spk_dim) and t.dim() == 1 and b % t.shape[0] == 0, (
+            spks.shape, t.shape)
+        c = self.time_embed(t)  # [B or a divisor of B (rows sharing a time: see _to_rows), D]
+        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks, cache)
         for i, block in enumerate(self.transformer_blocks):
-            h = block(h, c, angles, mask, None if cache is None else cache.layers[i], first_visible)
+            h = block(h, c, angles, mask, None if kv is None else kv[i], first_visible)
         h = self.norm_out(h, c)
         return self.proj_out(h).transpose(1, 2)  # [B, T, 80] -> [B, 80, T]

@@ -72,27 +72,30 @@ class ConditionalFlowSampler(nn.Module):
 
     def solve(self, z: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
               velocity: VelocityFn, taps: Taps | None = None) -> torch.Tensor:
-        """Integrate from noise z [1, 80, T] to a mel [1, 80, T] (fp32).
+        """Integrate from noise z [B, 80, T] to a mel [B, 80, T] (fp32).
 
-        Each step runs the estimator once on two rows: conditional, and unconditional with
-        mu, speaker and cond zeroed; v = (1 + r) v_cond - r v_uncond.
+        Each step runs the estimator once on 2B rows, two per input row (interleaved):
+        conditional, and unconditional with mu, speaker and cond zeroed;
+        v = (1 + r) v_cond - r v_uncond. B > 1 is the batched vocoder (batched_stream.py).
         """
-        assert z.shape == mu.shape == cond.shape and z.shape[0] == 1, (z.shape, mu.shape, cond.shape)
+        assert z.shape == mu.shape == cond.shape, (z.shape, mu.shape, cond.shape)
+        b = z.shape[0]
+        assert spks.shape[0] == b and (taps is None or b == 1), (spks.shape, b)
         dtype = next(self.estimator.parameters()).dtype
-        mu_in = torch.cat([mu, torch.zeros_like(mu)]).to(dtype)  # [2, 80, T]
-        spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(dtype)  # [2, 80]
-        cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
+        mu_in = _with_uncond(mu).to(dtype)  # [2B, 80, T]
+        spks_in = _with_uncond(spks).to(dtype)  # [2B, 80]
+        cond_in = _with_uncond(cond).to(dtype)
         rate = self.cfg.inference_cfg_rate
         t_span = self.t_span().to(z.device)
         x, t, dt = z.float(), t_span[0:1], t_span[1] - t_span[0]
         records: list[tuple[torch.Tensor, ...]] = []
         for step in range(1, len(t_span)):
-            x_in = x.expand(2, -1, -1).to(dtype)
-            t_in = t.expand(2).to(dtype)
+            x_in = x.repeat_interleave(2, dim=0).to(dtype)  # [B, 80, T] -> [2B, 80, T]
+            t_in = t.expand(2 * b).to(dtype)
             v = velocity(x_in, mu_in, t_in, spks_in, cond_in, step - 1).float()
             if taps is not None:
                 records.append((x[0], t[0], v[0], v[1]))
-            x = x + dt * ((1.0 + rate) * v[:1] - rate * v[1:])
+            x = x + dt * ((1.0 + rate) * v[0::2] - rate * v[1::2])
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
@@ -100,6 +103,11 @@ class ConditionalFlowSampler(nn.Module):
             for name, parts in zip(("step_x_in", "step_t", "step_v_cond", "step_v_uncond"), zip(*records)):
                 taps[name] = torch.stack(parts)
         return x
+
+
+def _with_uncond(a: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [2B, ...]: each row followed by its zeroed (unconditional) copy."""
+    return torch.stack([a, torch.zeros_like(a)], dim=1).flatten(0, 1)
 
 
 class CausalFlow(nn.Module):
@@ -185,18 +193,22 @@ class CausalFlow(nn.Module):
         static attention chunk (or the tail of the last one), and `caches` (one per ODE
         step) must already hold every earlier chunk.
         """
-        look, ratio = self.cfg.pre_lookahead_len, self.cfg.token_mel_ratio
-        assert start % self.tokens_per_chunk == 0 and 0 < end - start <= self.tokens_per_chunk, (start, end)
-        lo = max(start - 2, 0)  # conv2 of the pre-lookahead layer sees two tokens back
-        emb = self.embed(tokens[:, lo:end + look])
-        h = self.pre_lookahead_layer(emb[:, :end - lo], context=emb[:, end - lo:])[:, start - lo:]
-        mu = self.to_mu(h)  # [1, 80, ratio*(end-start)]
+        mu = self.chunk_condition(tokens, start, end)  # [1, 80, ratio*(end-start)]
         estimator = self.decoder.estimator
 
         def velocity(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                      c: torch.Tensor, step: int) -> torch.Tensor:
             return estimator.forward_chunk(x, m, t, s, c, caches[step])
 
-        z = self.decoder.noise(ratio * start, mu.shape[2])
+        z = self.decoder.noise(self.cfg.token_mel_ratio * start, mu.shape[2])
         cond = torch.zeros_like(mu) if cond is None else cond.to(mu)
         return self.decoder.solve(z, mu, spks, cond, velocity)
+
+    def chunk_condition(self, tokens: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """The mel-rate condition mu [1, 80, ratio*(end-start)] of chunk [start, end) (see chunk)."""
+        look = self.cfg.pre_lookahead_len
+        assert start % self.tokens_per_chunk == 0 and 0 < end - start <= self.tokens_per_chunk, (start, end)
+        lo = max(start - 2, 0)  # conv2 of the pre-lookahead layer sees two tokens back
+        emb = self.embed(tokens[:, lo:end + look])
+        h = self.pre_lookahead_layer(emb[:, :end - lo], context=emb[:, end - lo:])[:, start - lo:]
+        return self.to_mu(h)

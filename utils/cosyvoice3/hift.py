@@ -29,11 +29,17 @@ Taps = dict[str, torch.Tensor]
 
 @dataclass
 class HiftState:
-    """Everything one session's vocoder carries between steps."""
+    """Everything one session's vocoder carries between steps.
+
+    Tensors have one row per session; batched_stream.py stacks the states of several
+    sessions that are at the same point of their streams into one state with B rows.
+    """
 
     buffers: ConvBuffers = field(default_factory=dict)
     phase: torch.Tensor | None = None  # fp64 [1, 9] running sum of the sine phase
     source_samples: int = 0  # source samples generated = index into the sine noise
+    # per-row sine-noise offsets of a stacked state (None: the one row's source_samples)
+    row_source_samples: list[int] | None = None
     stft_pending: torch.Tensor | None = None  # source samples not yet framed (reflect-padded start)
     spec_pending: torch.Tensor | None = None  # [1, 18, k] source-STFT frames not yet used
     spec_seen: int = 0  # source-STFT frames produced so far
@@ -97,10 +103,16 @@ class HiftGenerator(nn.Module):
     def step(self, mel: torch.Tensor, state: HiftState, *, finalize: bool,
              taps: Taps | None = None) -> torch.Tensor:
         """Advance by new mel frames [1, 80, n]; return new audio [L] fp32 in ±audio_limit."""
-        assert mel.dim() == 3 and mel.shape[0] == 1 and mel.shape[1] == self.cfg.in_channels, mel.shape
+        assert mel.dim() == 3 and mel.shape[0] == 1, mel.shape
+        return self.step_rows(mel, state, finalize=finalize, taps=taps)[0]
+
+    def step_rows(self, mel: torch.Tensor, state: HiftState, *, finalize: bool,
+                  taps: Taps | None = None) -> torch.Tensor:
+        """`step` over B rows [B, 80, n] of one (stacked) state -> audio [B, L] fp32."""
+        assert mel.dim() == 3 and mel.shape[1] == self.cfg.in_channels, mel.shape
         assert not state.finished, "this vocoder stream was already finalized"
         spf = self.cfg.samples_per_frame
-        f0 = self.f0_predictor(mel, state.buffers, finalize)  # [1, m]
+        f0 = self._f0(mel, state.buffers, finalize)  # [B, m]
         source = self._source(f0, state)  # [1, spf*m]
         spec = self._stft(source, state, finalize)  # [1, 18, k]
         x = self.conv_pre.stream(mel.to(self.trunk_dtype), state.buffers, finalize)
@@ -117,7 +129,7 @@ class HiftGenerator(nn.Module):
         spec, state.spec_pending = state.spec_pending[:, :, :n_spec], state.spec_pending[:, :, n_spec:]
         state.blocks_done += blocks
         y = self._trunk(x, spec.to(self.trunk_dtype), state.buffers, first) if blocks else None
-        audio = self._istft(y, state, finalize)
+        audio = self._istft(y, state, finalize, mel.shape[0])
         if taps is not None:
             taps.update(f0=f0, source=source.unsqueeze(1), source_stft=spec, conv_pre_out=x)
             if y is not None:
@@ -140,30 +152,46 @@ class HiftGenerator(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
+    def _f0(self, mel: torch.Tensor, buffers: ConvBuffers, finalize: bool) -> torch.Tensor:
+        """f0 [B, m], one row at a time: the sine phase sums f0 over the whole reply, so a
+        rounding difference from a batched conv would grow with its length."""
+        if mel.shape[0] == 1:
+            return self.f0_predictor(mel, buffers, finalize)
+        convs = [c for c in self.f0_predictor.condnet if isinstance(c, StreamConv1d)]
+        rows: list[ConvBuffers] = [{c: buffers[c][i:i + 1] for c in convs if c in buffers}
+                                   for i in range(mel.shape[0])]
+        f0 = torch.cat([self.f0_predictor(mel[i:i + 1], row, finalize) for i, row in enumerate(rows)])
+        for c in convs:
+            buffers[c] = torch.cat([row[c] for row in rows])
+        return f0
+
     def _source(self, f0: torch.Tensor, state: HiftState) -> torch.Tensor:
-        n = f0.shape[1] * self.cfg.samples_per_frame
+        rows, n = f0.shape[0], f0.shape[1] * self.cfg.samples_per_frame
         if n == 0:
-            return f0.new_zeros(1, 0)
-        start = state.source_samples
-        if start + n > self.sine_noise.shape[1]:
+            return f0.new_zeros(rows, 0)
+        starts = state.row_source_samples or [state.source_samples]
+        assert len(starts) == rows, (starts, f0.shape)
+        if max(starts) + n > self.sine_noise.shape[1]:
             raise ValueError(f"vocoder input longer than the {self.sine_noise.shape[1]}-sample noise buffer")
-        noise = self.sine_noise[:, start:start + n].to(f0.device)
+        noise = torch.cat([self.sine_noise[:, s:s + n] for s in starts]).to(f0.device)  # [B, n, 9]
         if state.phase is None:
-            state.phase = torch.zeros(1, self.m_source.n_harmonics, dtype=torch.float64, device=f0.device)
+            state.phase = torch.zeros(rows, self.m_source.n_harmonics, dtype=torch.float64, device=f0.device)
         excitation, state.phase = self.m_source(f0, state.phase, noise)
         state.source_samples += n
+        if state.row_source_samples is not None:
+            state.row_source_samples = [s + n for s in starts]
         return self.m_source.merge(excitation.to(self.m_source.l_linear.weight.dtype)).float()
 
     def _stft(self, source: torch.Tensor, state: HiftState, finalize: bool) -> torch.Tensor:
         """Frames of the centred (reflect-padded) STFT that the new samples complete.
 
-        Returns real bins stacked over imaginary bins: [1, n_fft + 2, k] fp32.
+        Returns real bins stacked over imaginary bins: [B, n_fft + 2, k] fp32.
         """
         n_fft, hop = self.cfg.n_fft, self.cfg.hop_len
         half = n_fft // 2
         if state.stft_pending is None:
             if source.shape[1] == 0:
-                return source.new_zeros(1, n_fft + 2, 0)  # nothing to centre on yet
+                return source.new_zeros(source.shape[0], n_fft + 2, 0)  # nothing to centre on yet
             assert source.shape[1] > half, "first vocoder step needs more than n_fft/2 source samples"
             source = torch.cat([source[:, 1:half + 1].flip(-1), source], dim=1)  # reflect left
             state.stft_pending = source[:, :0]
@@ -174,9 +202,9 @@ class HiftGenerator(nn.Module):
         state.stft_pending = buf[:, n * hop:]
         state.spec_seen += n
         if n == 0:
-            return source.new_zeros(1, n_fft + 2, 0)
+            return source.new_zeros(source.shape[0], n_fft + 2, 0)
         spec = torch.stft(buf[:, : (n - 1) * hop + n_fft], n_fft, hop, n_fft, window=self.window,
-                          center=False, return_complex=True)  # [1, n_fft/2+1, n]
+                          center=False, return_complex=True)  # [B, n_fft/2+1, n]
         return torch.cat([spec.real, spec.imag], dim=1)
 
     def _trunk(self, x: torch.Tensor, spec: torch.Tensor, buffers: ConvBuffers, first: bool) -> torch.Tensor:
@@ -200,25 +228,26 @@ class HiftGenerator(nn.Module):
         x = F.leaky_relu(x)  # default slope 0.01 here, unlike the stages
         return self.conv_post.stream(x, buffers).float()
 
-    def _istft(self, y: torch.Tensor | None, state: HiftState, finalize: bool) -> torch.Tensor:
-        """Overlap-add the frames in y [1, 18, k]; return samples no later frame touches."""
+    def _istft(self, y: torch.Tensor | None, state: HiftState, finalize: bool, rows: int) -> torch.Tensor:
+        """Overlap-add the frames in y [B, 18, k]; return samples no later frame touches [B, L]."""
         n_fft, hop = self.cfg.n_fft, self.cfg.hop_len
         overlap = n_fft - hop
         if state.ola_tail is None:
             if y is None:
-                return self.window.new_zeros(0)  # no frame yet: nothing to release or flush
-            state.ola_tail = self.window.new_zeros(1, 2, overlap)
+                return self.window.new_zeros(rows, 0)  # no frame yet: nothing to release or flush
+            state.ola_tail = self.window.new_zeros(rows, 2, overlap)
         if y is not None and y.shape[2]:
             k = y.shape[2]
             bins = n_fft // 2 + 1
             magnitude = torch.exp(y[:, :bins]).clamp(max=1e2)
             phase = torch.sin(y[:, bins:])
             spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-            frames = torch.fft.irfft(spec, n=n_fft, dim=1) * self.window.view(1, -1, 1)  # [1, n_fft, k]
-            env = (self.window**2).view(1, -1, 1).expand(1, n_fft, k)
-            both = torch.cat([frames, env], dim=0)  # [2, n_fft, k]: signal, window envelope
+            frames = torch.fft.irfft(spec, n=n_fft, dim=1) * self.window.view(1, -1, 1)  # [B, n_fft, k]
+            env = (self.window**2).view(1, -1, 1).expand(rows, n_fft, k)
+            # [B, 2, n_fft, k] -> [2B, n_fft, k]: per row, signal then window envelope
+            both = torch.stack([frames, env], dim=1).flatten(0, 1)
             ola = F.fold(both, output_size=(1, (k - 1) * hop + n_fft), kernel_size=(1, n_fft),
-                         stride=(1, hop)).view(1, 2, -1)  # [2, 1, 1, L] -> [1, 2, L]
+                         stride=(1, hop)).view(rows, 2, -1)  # [2B, 1, 1, L] -> [B, 2, L]
             ola[:, :, :overlap] += state.ola_tail
             done, state.ola_tail = ola[:, :, : k * hop], ola[:, :, k * hop:]
         else:
@@ -229,7 +258,7 @@ class HiftGenerator(nn.Module):
         skip = max(n_fft // 2 - state.ola_positions, 0)
         state.ola_positions += done.shape[2]
         done = done[:, :, skip:]
-        return (done[0, 0] / done[0, 1]).float()
+        return (done[:, 0] / done[:, 1]).float()
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,10 @@ strings. Two optional capabilities:
   queued requests of one type at once (only what is already queued: it never waits to fill
   a batch);
 - streams: `open_stream` / `push` / `finish` / `close` keep per-stream state (e.g. one
-  vocoder stream per reply) that the child holds by stream id, at most `max_streams`.
+  vocoder stream per reply) that the child holds by stream id, at most `max_streams`;
+- stream batching: `max_stream_batch > 1` and `step_streams`; the serving loop hands it the
+  queued pushes and finishes of up to that many different streams at once (again only what
+  is already queued; a stream's own messages keep their order).
 
 Raise a ServingError (BadRequest for bad input) to fail one request with that kind; any
 other exception fails it as an engine_error naming the exception.
@@ -17,6 +20,7 @@ other exception fails it as an engine_error naming the exception.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from web_demo.server.errors import BadRequest, ServingError
@@ -56,6 +60,23 @@ class StreamHandler(Protocol):
         ...
 
     def close(self, state: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamCall:
+    """One stream's queued call inside a `step_streams` batch."""
+    state: Any  # what open_stream returned
+    body: Any | None  # the push's request; None = finish (yield the tail; close follows)
+
+
+@runtime_checkable
+class StreamBatchHandler(Protocol):
+    max_stream_batch: int
+
+    def step_streams(self, calls: Sequence[StreamCall]) -> list[list[Any] | ServingError]:
+        """One entry per call, each of a different stream, in order: what `push` (or
+        `finish`) would have yielded for it, or the error that failed only it."""
+        ...
 
 
 def unknown_request(request: object) -> BadRequest:

@@ -5,7 +5,8 @@ child, so CUDA is only ever initialised there (spawn start method). The parent d
 shutdown; the child ignores SIGINT so Ctrl-C in a terminal does not kill it mid-request.
 
 Two threads: the reader takes every message off the pipe, answers pings at once and marks
-cancellations; the serving thread runs the handler one request (or batch) at a time. A
+cancellations; the serving thread runs the handler one request (or batch) at a time; a
+stream-batching handler gets the queued pushes and finishes of several streams in one call. A
 handler with `max_concurrent > 1` (one whose requests wait on work batched elsewhere, like
 the CosyVoice3 TTS scheduler) has its requests run by that many threads instead.
 """
@@ -25,7 +26,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from web_demo.server.errors import BadRequest, EngineBusy, ServingError
-from web_demo.server.workers.handler import DEFAULT_MAX_STREAMS, BatchHandler, Handler, StreamHandler
+from web_demo.server.workers.handler import (
+    DEFAULT_MAX_STREAMS,
+    BatchHandler,
+    Handler,
+    StreamBatchHandler,
+    StreamCall,
+    StreamHandler,
+)
 from web_demo.server.workers.ipc import (
     Cancel,
     CloseStream,
@@ -83,6 +91,8 @@ class _Server:
         self._steps = _StepClock()  # read by the reader thread for pongs
         self._streams: dict[int, Any] = {}
         self._batcher = handler if isinstance(handler, BatchHandler) and handler.max_batch > 1 else None
+        self._stream_batcher = (handler if isinstance(handler, StreamBatchHandler)
+                                and handler.max_stream_batch > 1 else None)
         self._max_streams: int = getattr(handler, "max_streams", DEFAULT_MAX_STREAMS)
         concurrent: int = getattr(handler, "max_concurrent", 1)
         self._pool = (ThreadPoolExecutor(concurrent, thread_name_prefix="worker-request")
@@ -147,6 +157,9 @@ class _Server:
         elif isinstance(message, Request):
             body = message.body
             self._run(message.request_id, lambda: self._handler.handle(body))
+        elif isinstance(message, (StreamPush, StreamFinish)) and self._stream_batcher is not None:
+            batcher = self._stream_batcher
+            self._serve_stream_batch(batcher, [message, *self._other_streams_queued(batcher, message)])
         elif isinstance(message, OpenStream):
             self._open_stream(message)
         elif isinstance(message, StreamPush):
@@ -236,6 +249,85 @@ class _Server:
         if len(outcomes) != len(bodies):
             raise RuntimeError(f"handle_batch returned {len(outcomes)} outcomes "
                                f"for {len(bodies)} requests")
+        return outcomes
+
+    # ---- stream batching ----------------------------------------------------------
+
+    def _other_streams_queued(self, batcher: StreamBatchHandler,
+                              first: StreamPush | StreamFinish) -> list[StreamPush | StreamFinish]:
+        """Queued pushes/finishes of up to max_stream_batch - 1 other streams, each the first
+        queued message of its stream (so no stream's messages change order)."""
+        while True:
+            try:
+                self._backlog.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        taken: list[StreamPush | StreamFinish] = []
+        kept: deque[_Queued | Shutdown] = deque()
+        seen = {first.stream_id}  # streams with an earlier message: the rest of theirs waits
+        stop = False
+        for message in self._backlog:
+            stop = stop or isinstance(message, Shutdown)
+            sid = getattr(message, "stream_id", None)
+            if (not stop and isinstance(message, (StreamPush, StreamFinish)) and sid not in seen
+                    and len(taken) < batcher.max_stream_batch - 1):
+                taken.append(message)
+            else:
+                kept.append(message)
+            if sid is not None:
+                seen.add(sid)
+        self._backlog = kept
+        return taken
+
+    def _serve_stream_batch(self, batcher: StreamBatchHandler,
+                            messages: list[StreamPush | StreamFinish]) -> None:
+        """One `step_streams` call for messages of different streams; each gets its answer."""
+        calls: list[tuple[StreamPush | StreamFinish, StreamCall]] = []
+        finished: list[Any] = []
+        for i, message in enumerate(messages):
+            if i and self._take_cancelled(message.request_id):  # the first was checked by _serve
+                continue
+            if message.stream_id not in self._streams:
+                self._fail(message.request_id, BadRequest(
+                    f"no open stream {message.stream_id} (finished, closed or never opened)"))
+                continue
+            state = self._streams[message.stream_id]
+            if isinstance(message, StreamFinish):
+                del self._streams[message.stream_id]
+                finished.append(state)
+            calls.append((message, StreamCall(state, message.body if isinstance(message, StreamPush)
+                                              else None)))
+        try:
+            outcomes: list[list[Any] | Exception] = (
+                list(self._stream_outcomes(batcher, [call for _, call in calls])) if calls else [])
+        except Exception as exc:
+            logger.exception("a batch of %d stream calls failed", len(calls))
+            outcomes = [exc] * len(calls)
+        finally:
+            for state in finished:
+                try:
+                    self._stream_handler().close(state)
+                except Exception:
+                    logger.exception("closing a finished stream failed")
+        for (message, _), outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._send(failure(message.request_id, outcome))
+                continue
+            for result in outcome:
+                self._send(Result(message.request_id, result))
+            self._send(Done(message.request_id))
+        for message in messages:
+            self._cancelled.discard(message.request_id)
+
+    def _stream_outcomes(self, batcher: StreamBatchHandler,
+                         calls: list[StreamCall]) -> list[list[Any] | ServingError]:
+        self._steps.start(-1)
+        try:
+            outcomes = batcher.step_streams(calls)
+        finally:
+            self._steps.stop(-1)
+        if len(outcomes) != len(calls):
+            raise RuntimeError(f"step_streams returned {len(outcomes)} outcomes for {len(calls)} calls")
         return outcomes
 
     # ---- streams ------------------------------------------------------------------

@@ -3,11 +3,16 @@
 Speech tokens (25 Hz, codes < 6561) go in as they are generated; 24 kHz PCM comes out as
 soon as each hop is ready. Each reply opens its own stream (VocoderStreamRequest), pushes
 SpeechTokens, and finishes it for the tail; the worker runtime keeps the stream states.
+
+In the cached mode the pushes and finishes queued for different streams are served together
+(`step_streams`): every stream with a chunk ready goes through one batched flow-matching
+solve and HiFT step (utils/cosyvoice3/batched_stream.py), and each gets the audio it would
+have got alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +21,11 @@ import numpy as np
 
 from web_demo.server.devices import resolve_device
 from web_demo.server.engines.base import PcmChunk
-from web_demo.server.errors import BadRequest
-from web_demo.server.workers.handler import unknown_request
+from web_demo.server.errors import BadRequest, EngineError, ServingError
+from web_demo.server.workers.handler import StreamCall, unknown_request
 
 MAX_STREAMS = 512  # one per active reply; bounds the memory of abandoned streams
+DEFAULT_MAX_STREAM_BATCH = 32  # streams advanced by one batched step
 SPEECH_CODEBOOK = 6561
 _DTYPES = {"float32", "float16", "bfloat16"}
 
@@ -36,6 +42,18 @@ class SpeechTokens:
     tokens: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class VocoderStatsRequest:
+    """Asks how the streams were batched so far (answered by one VocoderStats)."""
+
+
+@dataclass(frozen=True)
+class VocoderStats:
+    batches: int  # step_streams calls
+    calls: int  # stream pushes and finishes served in them
+    largest: int  # most calls in one batch
+
+
 class CosyVoice3Handler:
     """A stream handler: open -> a token2wav stream; push tokens -> PCM; finish -> the tail."""
 
@@ -43,9 +61,11 @@ class CosyVoice3Handler:
 
     def __init__(self, *, model_dir: str, device: str = "auto", dtype: str = "float32",
                  mode: str = "cached", speaker: str | None = None,
-                 speaker_embedding: str | None = None) -> None:
+                 speaker_embedding: str | None = None,
+                 max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH) -> None:
         import torch
 
+        from utils.cosyvoice3.batched_stream import BatchedToken2Wav
         from utils.cosyvoice3.streaming import StreamMode, Token2Wav
 
         if dtype not in _DTYPES:
@@ -58,6 +78,12 @@ class CosyVoice3Handler:
         self._model = Token2Wav.from_model_dir(model_dir, device=self._device,
                                                dtype=getattr(torch, dtype))
         self._mode = StreamMode(mode)
+        if max_stream_batch < 1:
+            raise ValueError(f"max_stream_batch must be at least 1, got {max_stream_batch}")
+        # only cached streams batch; the upstream modes re-run whole prefixes, one at a time
+        self.max_stream_batch = max_stream_batch if self._mode is StreamMode.CACHED else 1
+        self._batched = BatchedToken2Wav(self._model, max_rows=max_stream_batch)
+        self._stats = VocoderStats(0, 0, 0)
         self._embedding = np.load(speaker_embedding) if speaker_embedding else None
         self._speaker = speaker
         self._model.speaker_embedding(self._embedding, self._speaker)  # fail at start, not mid-reply
@@ -65,10 +91,13 @@ class CosyVoice3Handler:
 
     def info(self) -> dict[str, Any]:
         return {"model": f"cosyvoice3:{self._model_dir}", "device": self._device,
-                "mode": self._mode.value, "sample_rate": self._model.sample_rate}
+                "mode": self._mode.value, "sample_rate": self._model.sample_rate,
+                "max_stream_batch": self.max_stream_batch}
 
-    def handle(self, request: object) -> Iterator[PcmChunk]:
-        raise unknown_request(request)  # everything goes through streams
+    def handle(self, request: object) -> Iterator[VocoderStats]:
+        if not isinstance(request, VocoderStatsRequest):
+            raise unknown_request(request)  # audio goes through streams
+        yield self._stats
 
     def open_stream(self, request: object) -> Any:
         if not isinstance(request, VocoderStreamRequest):
@@ -91,6 +120,32 @@ class CosyVoice3Handler:
         pcm = state.finalize()
         if len(pcm):
             yield PcmChunk(pcm, self._model.sample_rate)
+
+    def step_streams(self, calls: Sequence[StreamCall]) -> list[list[Any] | ServingError]:
+        """Pushes and finishes of different streams, advanced in shared batched steps."""
+        from utils.cosyvoice3.batched_stream import StreamWork
+
+        outcomes: list[list[Any] | ServingError] = [[] for _ in calls]
+        work, where = [], []
+        for i, call in enumerate(calls):
+            if call.body is not None and not isinstance(call.body, SpeechTokens):
+                outcomes[i] = unknown_request(call.body)
+                continue
+            try:
+                tokens = speech_codes(call.body.tokens) if call.body is not None else []
+            except BadRequest as exc:
+                outcomes[i] = exc
+                continue
+            work.append(StreamWork(call.state, tokens, finalize=call.body is None))
+            where.append(i)
+        for i, pcm in zip(where, self._batched.advance(work), strict=True):
+            if isinstance(pcm, Exception):  # only this stream failed (e.g. past the 300 s noise)
+                outcomes[i] = EngineError(f"{type(pcm).__name__}: {pcm}")
+            elif len(pcm):
+                outcomes[i] = [PcmChunk(pcm, self._model.sample_rate)]
+        s = self._stats
+        self._stats = VocoderStats(s.batches + 1, s.calls + len(calls), max(s.largest, len(calls)))
+        return outcomes
 
     def close(self, state: Any) -> None:
         return None  # a stream holds only tensors; dropping it frees them
