@@ -24,6 +24,7 @@ from .generation import Mode
 from .loading import FunAudioChatRuntime
 from .sampling import SamplingParams
 from .session import ConversationState, UserTurn, start_turn
+from .static_decode import StaticDecodeBatch, StaticDecodeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -88,21 +89,32 @@ class _Request:
 
 
 class Scheduler:
-    """Owns the decode batches; the only thread that runs the model once started."""
+    """Owns the decode batches; the only thread that runs the model once started.
+
+    ``static`` switches decode to ``StaticDecodeBatch`` (static shapes per batch bucket, CUDA
+    graphs when asked for and on CUDA); None keeps the eager ``DecodeBatch``.
+    """
 
     def __init__(self, runtime: FunAudioChatRuntime, *, max_batch: int = 32,
-                 prefills_per_step: int = 1) -> None:
-        self.runtime = runtime
+                 prefills_per_step: int = 1, static: StaticDecodeConfig | None = None) -> None:
+        if static is not None and max_batch > static.max_batch:
+            raise ValueError(f"max_batch {max_batch} exceeds the largest static bucket {static.max_batch}")
+        self.runtime, self.static = runtime, static
         self.max_batch, self.prefills_per_step = max_batch, prefills_per_step
         self._cond = threading.Condition()
         self._pending: deque[_Request] = deque()
         self._cancels: list[TurnHandle] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._batches = {True: DecodeBatch(runtime, speech=True), False: DecodeBatch(runtime, speech=False)}
+        self._batches = {True: self._new_batch(speech=True), False: self._new_batch(speech=False)}
         self._active: dict[int, tuple[TurnRow, _Request]] = {}  # id(row) -> row, request
         # taken off the queue but not yet busy: start_turn marks a state busy only after prefill
         self._admitting: list[_Request] = []
+
+    def _new_batch(self, *, speech: bool) -> DecodeBatch | StaticDecodeBatch:
+        if self.static is None:
+            return DecodeBatch(self.runtime, speech=speech)
+        return StaticDecodeBatch(self.runtime, speech=speech, config=self.static)
 
     # -- public ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,13 +250,13 @@ class Scheduler:
         if prepared.row.finished:
             self._finish(key, req)
 
-    def _step(self, batch: DecodeBatch) -> None:
+    def _step(self, batch: DecodeBatch | StaticDecodeBatch) -> None:
         rows = list(batch.rows)
         try:
             results = batch.step()
         except Exception as exc:
             logger.exception("decode step failed; ending %d turns", len(rows))
-            self._batches[batch.speech] = DecodeBatch(self.runtime, speech=batch.speech)
+            self._batches[batch.speech] = self._new_batch(speech=batch.speech)
             for row in rows:
                 _, req = self._active[id(row)]
                 req.handle._deliver(exc)
