@@ -282,7 +282,7 @@ def _estimate_rows(estimator: DiT, x: torch.Tensor, mu: torch.Tensor, t: torch.T
 
 
 def _stack_tails(tails: list[torch.Tensor | None]) -> torch.Tensor | None:
-    """Per-stream positional-conv tails [2, D, 30] -> [2B, D, 30] (zeros where none yet)."""
+    """Per-stream positional-conv tails [2, 30, D] -> [2B, 30, D] (zeros where none yet)."""
     if all(t is None for t in tails):
         return None
     like = next(t for t in tails if t is not None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ class DiTCache:
     """Everything one estimator needs from earlier chunks of the same ODE step."""
 
     layers: list[KVCache]
-    pos_tails: list[torch.Tensor | None] = field(default_factory=lambda: [None, None])
+    pos_tails: list[torch.Tensor | None] = field(default_factory=lambda: [None, None])  # [B, 30, D]
     length: int = 0  # frames already processed (= RoPE position of the next frame)
 
     @classmethod
@@ -111,21 +112,35 @@ class CausalConvPositionEmbedding(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv1d(dim, dim, _POS_KERNEL, groups=_POS_GROUPS), nn.Mish())
 
     def forward(self, x: torch.Tensor, cache: DiTCache | None) -> torch.Tensor:
-        h = x.transpose(1, 2)  # [B, T, D] -> [B, D, T]
-        for i, conv in enumerate((self.conv1, self.conv2)):
-            h = conv(self._with_history(h, cache, i))
-        return h.transpose(1, 2)  # [B, D, T] -> [B, T, D]
+        """x [B, T, D] -> [B, T, D]; the convs run on this time-major layout directly."""
+        h = x
+        for i, seq in enumerate((self.conv1, self.conv2)):
+            conv, act = cast(nn.Conv1d, seq[0]), seq[1]
+            h = act(_grouped_conv_time_major(conv, self._with_history(h, cache, i)))
+        return h
 
     @staticmethod
     def _with_history(h: torch.Tensor, cache: DiTCache | None, i: int) -> torch.Tensor:
         keep = _POS_KERNEL - 1
         tail = None if cache is None else cache.pos_tails[i]
         if tail is None:
-            tail = h.new_zeros(h.shape[0], h.shape[1], keep)
-        padded = torch.cat([tail, h], dim=2)
+            tail = h.new_zeros(h.shape[0], keep, h.shape[2])
+        padded = torch.cat([tail, h], dim=1)  # [B, keep + T, D]
         if cache is not None:
-            cache.pos_tails[i] = padded[:, :, -keep:]
+            cache.pos_tails[i] = padded[:, -keep:]
         return padded
+
+
+def _grouped_conv_time_major(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """conv over x [B, T, D] (time-major) -> [B, T', D], without transposing copies.
+
+    [B, T, D] memory is the channels-last layout of [B, D, 1, T], where oneDNN's grouped
+    conv with 4 channels per group runs 2-3x faster than on channel-major input.
+    """
+    image = x.transpose(1, 2).unsqueeze(2)  # [B, D, 1, T], channels-last strides
+    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [D, D/G, 1, k]
+    out = F.conv2d(image, weight, conv.bias, groups=conv.groups)  # [B, D, 1, T']
+    return out.squeeze(2).transpose(1, 2)  # [B, D, T'] -> [B, T', D]
 
 
 class InputEmbedding(nn.Module):
