@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import HiftConfig
-from .dit import DiT, DiTCache, KVCache
+from .dit import DiT, DiTCache, KVCache, append_stacked
 from .hift import HiftState
 from .streaming import CachedStream, Token2Wav, Token2WavStream
 
@@ -223,7 +223,8 @@ class _RowsKV(KVCache):
 
     `attend` adds each stream's two (CFG) rows to its own cache, then attends the rows of
     streams holding the same number of frames together: unpadded and unmasked, so each row
-    computes exactly what it computes alone.
+    computes exactly what it computes alone. The caches of such a group live as rows of one
+    shared store (`append_stacked`), so while the groups stay, nothing is concatenated.
     """
 
     def __init__(self, layers: list[KVCache], first_visible: list[int]) -> None:
@@ -237,19 +238,17 @@ class _RowsKV(KVCache):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                first_visible: int = 0) -> torch.Tensor:
-        views = [cache.append(k[2 * i:2 * i + 2], v[2 * i:2 * i + 2], fv)
-                 for i, (cache, fv) in enumerate(zip(self.rows, self.first_visible, strict=True))]
-        by_len: dict[int, list[int]] = defaultdict(list)
-        for i, (keys, _) in enumerate(views):
-            by_len[keys.shape[2]].append(i)
+        by_len: dict[int, list[int]] = defaultdict(list)  # equal lengths: equal first_visible
+        for i, cache in enumerate(self.rows):
+            by_len[cache.length].append(i)
         if len(by_len) == 1:
-            keys, values = torch.cat([kv[0] for kv in views]), torch.cat([kv[1] for kv in views])
+            keys, values = append_stacked(self.rows, k, v, self.first_visible[0])
             return F.scaled_dot_product_attention(q, keys, values)
         out = torch.empty_like(q)
         for streams in by_len.values():
             rows = torch.tensor([r for i in streams for r in (2 * i, 2 * i + 1)], device=q.device)
-            keys = torch.cat([views[i][0] for i in streams])  # [2g, H, L, d]
-            values = torch.cat([views[i][1] for i in streams])
+            keys, values = append_stacked([self.rows[i] for i in streams], k[rows], v[rows],
+                                          self.first_visible[streams[0]])  # [2g, H, L, d]
             out[rows] = F.scaled_dot_product_attention(q[rows], keys, values)
         return out
 

@@ -40,6 +40,9 @@ class KVCache:
         self._v: torch.Tensor | None = None
         self._lo = self._hi = 0  # visible frames are buffer[:, :, lo:hi]
         self.length = 0  # frames appended in total (absolute index of the next frame)
+        # set while _k/_v are rows [row:row+B] of buffers shared with other caches (append_stacked)
+        self._stack: _Stack | None = None
+        self._row = 0
 
     @property
     def visible(self) -> int:
@@ -50,8 +53,9 @@ class KVCache:
                first_visible: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Add [B, H, n, d] keys/values; return views over frames first_visible.. so far."""
         n = k.shape[2]
-        self._lo = max(self._lo, self._hi - (self.length - first_visible))
+        self._drop_before(first_visible)
         if self._k is None or self._v is None or self._hi + n > self._k.shape[2]:
+            self._stack = None  # outgrew the shared rows: continue in a buffer of its own
             visible = self._hi - self._lo
             new_k = k.new_empty(k.shape[0], k.shape[1], max(2 * (visible + n), 64), k.shape[3])
             new_v = v.new_empty(new_k.shape)
@@ -70,6 +74,66 @@ class KVCache:
         """Append the new keys/values [B, H, n, d], then attend q [B, H, n, d] to all visible."""
         keys, values = self.append(k, v, first_visible)
         return F.scaled_dot_product_attention(q, keys, values)
+
+    def _drop_before(self, first_visible: int) -> None:
+        self._lo = max(self._lo, self._hi - (self.length - first_visible))
+
+
+@dataclass(eq=False)
+class _Stack:
+    """Key/value buffers [R, H, capacity, d] whose row blocks belong to several caches."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+def append_stacked(caches: Sequence[KVCache], k: torch.Tensor, v: torch.Tensor,
+                   first_visible: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`append` for caches holding the same frames: caches[i] takes rows [iB, (i+1)B) of
+    k/v [NB, H, n, d]; returns keys/values [NB, H, visible, d] of all of them.
+
+    The first call copies the caches' frames into one shared buffer and makes each cache a
+    row view of it; while the same caches come back in the same order, an append is one
+    copy and the keys are a view: no per-call concatenation of every stream's history.
+    A cache appended to on its own still writes its rows there (or leaves on growth).
+    """
+    rows = k.shape[0] // len(caches)
+    n = k.shape[2]
+    first = caches[0]
+    assert k.shape[0] == rows * len(caches) and all(c.length == first.length for c in caches), (
+        k.shape, [c.length for c in caches])
+    for c in caches:
+        c._drop_before(first_visible)
+    stack = first._stack
+    shared = (stack is not None and stack.k.shape[0] == k.shape[0]
+              and all(c._stack is stack and c._row == i * rows and (c._lo, c._hi) == (first._lo, first._hi)
+                      for i, c in enumerate(caches))
+              and first._hi + n <= stack.k.shape[2])
+    if not shared:
+        stack = _restack(caches, k, v, rows, n)
+    assert stack is not None
+    lo, hi = first._lo, first._hi
+    stack.k[:, :, hi:hi + n] = k
+    stack.v[:, :, hi:hi + n] = v
+    for c in caches:
+        c._hi += n
+        c.length += n
+    return stack.k[:, :, lo:hi + n], stack.v[:, :, lo:hi + n]
+
+
+def _restack(caches: Sequence[KVCache], k: torch.Tensor, v: torch.Tensor, rows: int, n: int) -> _Stack:
+    """Copy every cache's visible frames into fresh shared buffers with room to grow."""
+    visible = caches[0].visible
+    assert all(c.visible == visible for c in caches)
+    shape = (k.shape[0], k.shape[1], max(2 * (visible + n), 64), k.shape[3])
+    stack = _Stack(k.new_empty(shape), v.new_empty(shape))
+    for i, c in enumerate(caches):
+        if c._k is not None and c._v is not None:
+            stack.k[i * rows:(i + 1) * rows, :, :visible] = c._k[:, :, c._lo:c._hi]
+            stack.v[i * rows:(i + 1) * rows, :, :visible] = c._v[:, :, c._lo:c._hi]
+        c._k, c._v = stack.k[i * rows:(i + 1) * rows], stack.v[i * rows:(i + 1) * rows]
+        c._lo, c._hi, c._stack, c._row = 0, visible, stack, i * rows
+    return stack
 
 
 @dataclass
