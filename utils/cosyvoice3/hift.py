@@ -173,14 +173,14 @@ class HiftGenerator(nn.Module):
         assert len(starts) == rows, (starts, f0.shape)
         if max(starts) + n > self.sine_noise.shape[1]:
             raise ValueError(f"vocoder input longer than the {self.sine_noise.shape[1]}-sample noise buffer")
-        noise = torch.cat([self.sine_noise[:, s:s + n] for s in starts]).to(f0.device)  # [B, n, 9]
+        noise = [self.sine_noise[:, s:s + n].to(f0.device) for s in starts]  # B x [1, n, 9]
         if state.phase is None:
             state.phase = torch.zeros(rows, self.m_source.n_harmonics, dtype=torch.float64, device=f0.device)
-        excitation, state.phase = self.m_source(f0, state.phase, noise)
+        source, state.phase = self.m_source.source(f0, state.phase, noise)
         state.source_samples += n
         if state.row_source_samples is not None:
             state.row_source_samples = [s + n for s in starts]
-        return self.m_source.merge(excitation.to(self.m_source.l_linear.weight.dtype)).float()
+        return source.float()
 
     def _stft(self, source: torch.Tensor, state: HiftState, finalize: bool) -> torch.Tensor:
         """Frames of the centred (reflect-padded) STFT that the new samples complete.

@@ -9,6 +9,7 @@ Parameter names follow upstream's `hift.pt` keys.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -64,7 +65,12 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.view(1, -1, 1)  # [C] -> [1, C, 1]
-        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+        # one temporary, updated in place: on [B, 4, 6000] stacks the allocations of the
+        # plain expression cost as much as its arithmetic
+        s = x * alpha
+        s.sin_()
+        s.mul_(s)
+        return torch.addcmul(x, s, 1.0 / (alpha + 1e-9))
 
 
 class ResBlock(nn.Module):
@@ -125,17 +131,43 @@ class SourceModule(nn.Module):
         ((f0*h)/sr mod 1) up to frame k, rounded to fp32, then scaled by 2*pi*spf.
         """
         spf = self.samples_per_frame
-        harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float32)
-        rad = (f0.float().unsqueeze(-1) * harmonics / self.sampling_rate) % 1  # [1, n, 9]
-        # Sequential fp64 accumulation continuing from the previous chunk, like upstream's
-        # CPU cumsum over the whole utterance.
-        running = torch.cat([phase.unsqueeze(1), rad.double()], dim=1).cumsum(dim=1)[:, 1:]  # [1, n, 9]
-        angle = running.float() * 2 * math.pi * spf
-        sines = torch.sin(angle).repeat_interleave(spf, dim=1) * self.alpha  # [1, spf*n, 9]
-        uv = (f0.float() > self.voiced_threshold).float().repeat_interleave(spf, dim=1).unsqueeze(-1)
+        sines, voiced, running = self._frames(f0, phase)
+        sines = sines.repeat_interleave(spf, dim=1)  # [1, spf*n, 9]
+        uv = voiced.repeat_interleave(spf, dim=1).unsqueeze(-1)
         noise_amp = uv * self.sigma + (1 - uv) * self.alpha / 3
         excitation = sines * uv + noise_amp * noise
         return excitation, running[:, -1]
+
+    def source(self, f0: torch.Tensor, phase: torch.Tensor,
+               noise: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`merge(forward(...))` for f0 [B, n], phase [B, 9] and one noise slice
+        [1, spf*n, 9] per row -> (source [B, spf*n], updated phase sum).
+
+        Sines and voicing are constant over a frame, so only the noise term needs the
+        merge weights per sample: the [B, spf*n, 9] excitation is never built (equal to
+        the plain definition up to float rounding).
+        """
+        rows, frames = f0.shape
+        weight = self.l_linear.weight  # [1, 9]
+        noise_merged = torch.cat([F.linear(n.to(weight), weight) for n in noise])  # [B, spf*n, 1]
+        sines, voiced, running = self._frames(f0, phase)
+        noise_amp = voiced * self.sigma + (1 - voiced) * self.alpha / 3  # [B, n]
+        voiced_sines = (sines * voiced.unsqueeze(-1)).to(weight)
+        harmonic = F.linear(voiced_sines, weight, self.l_linear.bias)  # [B, n, 1]
+        merged = harmonic + noise_amp.unsqueeze(-1).to(weight) * noise_merged.view(rows, frames, -1)
+        return torch.tanh(merged).flatten(1), running[:, -1]  # [B, n, spf] -> [B, spf*n]
+
+    def _frames(self, f0: torch.Tensor,
+                phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per frame: scaled sines [B, n, 9], voicing [B, n] (0/1) and the fp64 phase sum."""
+        harmonics = torch.arange(1, self.n_harmonics + 1, device=f0.device, dtype=torch.float32)
+        rad = (f0.float().unsqueeze(-1) * harmonics / self.sampling_rate) % 1  # [B, n, 9]
+        # Sequential fp64 accumulation continuing from the previous chunk, like upstream's
+        # CPU cumsum over the whole utterance.
+        running = torch.cat([phase.unsqueeze(1), rad.double()], dim=1).cumsum(dim=1)[:, 1:]  # [B, n, 9]
+        angle = running.float() * 2 * math.pi * self.samples_per_frame
+        voiced = (f0.float() > self.voiced_threshold).float()
+        return torch.sin(angle) * self.alpha, voiced, running
 
     def merge(self, excitation: torch.Tensor) -> torch.Tensor:
         """[1, L, 9] -> source signal [1, L]."""
