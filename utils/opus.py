@@ -1,21 +1,31 @@
 """Ogg/Opus at 24 kHz, the audio format of /api/chat in both directions.
 
-The server side wraps sphn (one continuous stream per connection and direction). The
-browser-style encoder (PyAV/libopus, 20 ms frames, 2 per Ogg page, as opus-recorder in the
-upstream client sends) is for test clients, scripts and benchmarks.
+The server keeps one continuous stream per connection and direction: sphn decodes the
+client's; the reply stream is libopus through PyAV (whose encoder, unlike sphn's, takes a
+complexity and releases the GIL), paged by utils/ogg.py. The browser-style encoder (20 ms
+frames, 2 per Ogg page, as opus-recorder in the upstream client sends) is for test clients,
+scripts and benchmarks.
 """
 
 from __future__ import annotations
 
 import io
+import secrets
+import struct
 
+import av
 import numpy as np
 import sphn
 
 from utils.audio import WIRE_SAMPLE_RATE
+from utils.ogg import BOS, OggPageWriter, split_ogg_pages
 
-OPUS_FRAME_SAMPLES = 960  # sphn's writer emits one 40 ms frame per Ogg page at 24 kHz
-OGG_HEADER_BYTES = 27  # fixed part of an Ogg page header, before the segment table
+OPUS_FRAME_SAMPLES = 960  # one 40 ms reply frame, and one Ogg page, at 24 kHz
+OGG_GRANULES_PER_FRAME = 1920  # Ogg Opus positions count 48 kHz samples
+OPUS_BITRATE = 32000  # transparent enough for 24 kHz speech
+# libopus at its default complexity 10 costs ~4x the CPU of 5 for speech at this bitrate
+# (benchmarks/opus_encode.py), and the reply encoder is most of a chat server's CPU.
+OPUS_COMPLEXITY = 5
 
 
 class OpusStreamDecoder:
@@ -39,22 +49,51 @@ class OpusStreamDecoder:
 
 
 class OpusStreamEncoder:
-    """Encodes float32 PCM at 24 kHz into one continuous Ogg/Opus stream (40 ms pages)."""
+    """Encodes float32 PCM at 24 kHz into one continuous Ogg/Opus stream, one 40 ms frame a
+    page, each page returned by the call that completes its frame (the headers come first)."""
 
-    def __init__(self) -> None:
-        self._writer = sphn.OpusStreamWriter(WIRE_SAMPLE_RATE)
-        self._buffered = 0  # samples inside the writer that are not yet a whole frame
+    def __init__(self, *, bitrate: int = OPUS_BITRATE, complexity: int = OPUS_COMPLEXITY) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.sample_rate, codec.layout, codec.format = WIRE_SAMPLE_RATE, "mono", "flt"
+        codec.bit_rate = bitrate
+        codec.options = {"application": "audio", "compression_level": str(complexity),
+                         "frame_duration": str(OPUS_FRAME_SAMPLES * 1000 // WIRE_SAMPLE_RATE)}
+        codec.open()
+        assert codec.extradata is not None  # libopus's extradata is the OpusHead packet
+        self._codec = codec
+        self._pages = OggPageWriter(serial=secrets.randbits(32))
+        self._granule = 0  # 48 kHz samples of all frames paged so far
+        self._pending = np.zeros(0, np.float32)  # samples short of a whole frame
+        # OpusHead (RFC 7845 section 5.1, with libopus's pre-skip), then OpusTags
+        self._headers: bytes | None = (self._pages.page(codec.extradata, 0, flags=BOS)
+                                       + self._pages.page(_opus_tags(), 0))
 
     def encode(self, pcm_24k: np.ndarray) -> bytes:
         """Returns the Ogg pages completed by this PCM (possibly b"")."""
-        self._buffered = (self._buffered + len(pcm_24k)) % OPUS_FRAME_SAMPLES
-        return self._writer.append_pcm(np.ascontiguousarray(pcm_24k, dtype=np.float32))
+        pcm = np.concatenate([self._pending, np.asarray(pcm_24k, np.float32)])
+        whole = len(pcm) - len(pcm) % OPUS_FRAME_SAMPLES
+        self._pending = pcm[whole:]
+        out = [self._headers] if self._headers else []
+        self._headers = None
+        if whole:
+            frame = av.AudioFrame.from_ndarray(pcm[None, :whole], format="flt", layout="mono")
+            frame.sample_rate = WIRE_SAMPLE_RATE
+            for packet in self._codec.encode(frame):
+                self._granule += OGG_GRANULES_PER_FRAME
+                out.append(self._pages.page(bytes(packet), self._granule))
+        return b"".join(out)
 
     def flush(self) -> bytes:
         """Pads the partial frame with silence so the tail of a reply is not held back."""
-        if self._buffered == 0:
+        if len(self._pending) == 0:
             return b""
-        return self.encode(np.zeros(OPUS_FRAME_SAMPLES - self._buffered, dtype=np.float32))
+        return self.encode(np.zeros(OPUS_FRAME_SAMPLES - len(self._pending), dtype=np.float32))
+
+
+def _opus_tags() -> bytes:
+    """The OpusTags packet (RFC 7845 section 5.2): a vendor string, no comments."""
+    vendor = b"fun-audio-chat"
+    return b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
 
 
 def encode_browser_pages(pcm_24k: np.ndarray) -> list[bytes]:
@@ -62,8 +101,6 @@ def encode_browser_pages(pcm_24k: np.ndarray) -> list[bytes]:
 
     The first pages are the Ogg/Opus headers. Concatenated they form one Ogg stream.
     """
-    import av  # only clients need it; the server path never imports PyAV
-
     buf = io.BytesIO()
     with av.open(buf, "w", format="ogg", options={"page_duration": "40000"}) as container:
         stream = container.add_stream(
@@ -75,30 +112,6 @@ def encode_browser_pages(pcm_24k: np.ndarray) -> list[bytes]:
         for packet in (*stream.encode(frame), *stream.encode(None)):
             container.mux(packet)
     return split_ogg_pages(buf.getvalue())
-
-
-def split_ogg_pages(data: bytes) -> list[bytes]:
-    """Splits an Ogg byte stream into its pages using each page header's segment table.
-
-    Raises ValueError unless `data` is a sequence of whole, well-formed pages (a truncated
-    page fed to the stream reader would corrupt every later page of the connection).
-    """
-    pages, pos = [], 0
-    while pos < len(data):
-        if data[pos:pos + 4] != b"OggS" or pos + OGG_HEADER_BYTES > len(data):
-            raise ValueError(f"no Ogg page at byte {pos}")
-        if data[pos + 4] != 0:
-            raise ValueError(f"unsupported Ogg version {data[pos + 4]} at byte {pos}")
-        n_segments = data[pos + 26]
-        header_end = pos + OGG_HEADER_BYTES + n_segments
-        if header_end > len(data):
-            raise ValueError(f"truncated Ogg page header at byte {pos}")
-        page_end = header_end + sum(data[pos + OGG_HEADER_BYTES:header_end])
-        if page_end > len(data):
-            raise ValueError(f"truncated Ogg page at byte {pos}: {page_end - len(data)} bytes missing")
-        pages.append(data[pos:page_end])
-        pos = page_end
-    return pages
 
 
 def decode_pages(pages: list[bytes]) -> np.ndarray:

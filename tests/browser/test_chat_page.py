@@ -22,7 +22,8 @@ import soundfile as sf
 from tests.browser.conftest import ARTIFACTS, HERE, Scenario
 from tests.e2e.conftest import RunningServer, free_port, start_server, stop_server
 from tests.helpers import FIXTURES
-from utils.opus import OpusStreamEncoder, decode_pages, split_ogg_pages
+from utils.ogg import split_ogg_pages
+from utils.opus import OpusStreamEncoder, decode_pages
 
 FOX_WORDS = {"quick", "fox", "lazy", "dog"}
 LEAD_S = 1.0  # silence before the words: the talk button goes down within it

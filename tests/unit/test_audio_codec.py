@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 
 from utils.audio import as_mono_float32, decode_audio_file, resample, wav_bytes, write_wav_atomic
-from utils.opus import OpusStreamEncoder, decode_pages, encode_browser_pages, split_ogg_pages
+from utils.ogg import split_ogg_pages
+from utils.opus import OpusStreamEncoder, decode_pages, encode_browser_pages
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
@@ -64,3 +65,18 @@ def test_stream_encoder_flush_emits_the_partial_frame() -> None:
     assert tail and encoder.flush() == b""
     decoded = decode_pages(split_ogg_pages(first + tail))
     assert len(decoded) >= 720
+
+
+def test_stream_encoder_pages_each_frame_at_once_with_48k_granules() -> None:
+    encoder = OpusStreamEncoder()
+    pcm = tone(0.2, 24000)
+    pages = [split_ogg_pages(encoder.encode(pcm[i:i + 960])) for i in range(0, len(pcm), 960)]
+    assert [len(p) for p in pages] == [3, 1, 1, 1, 1]  # OpusHead, OpusTags, then a page a frame
+    head, tags = pages[0][:2]
+    assert head[28:36] == b"OpusHead" and head[5] == 0x02 and tags[28:36] == b"OpusTags"
+    audio = [p for group in pages for p in group][2:]
+    granules = [int.from_bytes(p[6:14], "little") for p in audio]
+    assert granules == [1920 * (i + 1) for i in range(5)]
+    decoded = decode_pages([head, tags, *audio])
+    err = min(np.abs(decoded[lag:lag + 3000] - pcm[:3000]).mean() for lag in range(0, 400))
+    assert err < 0.03

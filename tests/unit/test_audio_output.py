@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from utils.opus import split_ogg_pages
+from utils.ogg import split_ogg_pages
 from web_demo.server.audio_output import (
     CONTENT_TYPES,
     FORMATS,

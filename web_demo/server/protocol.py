@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from utils.opus import split_ogg_pages
+from utils.ogg import split_ogg_pages
 from web_demo.server.engines.base import Tool, ToolResult
 from web_demo.server.errors import ProtocolError
 
