@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 
 import aiohttp
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tests.fakes import FakeEngine
 from tests.helpers import tone_pages
 from web_demo.chat_client import ChatClient
+from web_demo.server.app import CHAT
 from web_demo.server.errors import EngineDead
 from web_demo.server.protocol import Control
 
@@ -93,7 +95,7 @@ async def test_zombie_scenario_leaves_no_session_behind(chat_server) -> None:
 
 
 async def test_client_that_never_reads_is_cut_once_its_outbox_is_full(chat_server, caplog) -> None:
-    client, connect = await chat_server(FakeEngine(), max_outbox_frames=16, write_timeout_s=0.5)
+    client, connect = await chat_server(FakeEngine(), max_outbox_frames=64, write_timeout_s=0.5)
     bystander = await connect()
     greedy = await client.ws_connect("/api/chat")  # never reads: its buffers fill up
     flood = b"\x03\x09"  # each answered with a 0x05 frame
@@ -141,7 +143,7 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     def broken(self, pcm):
         raise ValueError("encoder exploded")
 
-    _client, connect = await chat_server(FakeEngine(audio_s=0.4))
+    _client, connect = await chat_server(FakeEngine(audio_s=0.4), reply_encoder="inline")
     chat = await connect()
     monkeypatch.setattr(OpusStreamEncoder, "encode", broken)
     await chat.turn(PAGES)
@@ -152,6 +154,22 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     other = await connect()
     await other.turn(PAGES)
     assert (await other.receive_reply()).final is not None
+
+
+async def test_killed_reply_encoder_fails_its_sessions_not_the_server(chat_server) -> None:
+    client, connect = await chat_server(FakeEngine(audio_s=2.0))
+    chat = await connect()
+    await chat.turn(PAGES)
+    await chat.receive_until_audio()
+    encoders = client.app[CHAT].reply_encoders
+    os.kill(encoders.pid, signal.SIGKILL)  # mid-reply
+    frames = await frames_until_close(chat)
+    assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
+    assert any(f[0] == 0x05 and b"internal server error" in f for f in frames)
+    other = await connect()  # a new child for the new session
+    await other.turn(PAGES)
+    reply = await other.receive_reply()
+    assert reply.final is not None and reply.errors == [] and len(reply.audio_pages) > 0
 
 
 async def test_dead_engine_closes_the_socket_with_1011(chat_server) -> None:

@@ -3,7 +3,7 @@
 Client frames -> session calls: 0x01 Ogg pages -> OpusStreamDecoder (continuous for the
 connection) -> feed_audio(); 0x03 start / endTurn / pause / restart; 0x04 metadata (system
 prompt, VAD, extras). Outbox items -> frames: the "[Processing...]" status text (upstream's;
-old clients display it), text pieces, reply audio -> OpusStreamEncoder -> 0x01 pages, the
+old clients display it), text pieces, reply audio -> ReplyEncoder -> 0x01 pages, the
 "\\n[Final: ...]" text at the end of a reply, 0x05 errors, 0x06 pings, and the opt-in 0x04
 extras (transcripts, queue positions, latencies, VAD events) that old clients do not know.
 Function calling, also opt-in: metadata {"tools": [...]} offers functions with every turn,
@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType
 
-from utils.opus import OpusStreamDecoder, OpusStreamEncoder
+from utils.opus import OpusStreamDecoder
 from web_demo.server import protocol
 from web_demo.server.engines.base import Tool
 from web_demo.server.errors import ProtocolError
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
+from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder
 from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
 from web_demo.server.vad import VAD_KEYS, requested_vad
 
@@ -38,11 +39,11 @@ class ChatWire:
 
     pings = True  # keeps the browser client's 30 s inactivity timer from firing
 
-    def __init__(self, *, extras: bool = False) -> None:
+    def __init__(self, *, extras: bool = False, encoder: ReplyEncoder | None = None) -> None:
         self.extras = extras  # opt-in 0x04 frames that old clients do not know
         self.tools: tuple[Tool, ...] = ()  # offered to the model with every turn
         self._decoder = OpusStreamDecoder()
-        self._encoder = OpusStreamEncoder()
+        self._encoder = encoder or InlineReplyEncoder()
 
     def opening(self, session: ChatSession) -> list[Outgoing]:
         items = [Outgoing("frame", frame=protocol.HANDSHAKE_FRAME)]
@@ -128,7 +129,10 @@ class ChatWire:
 
     # ---- outbox items -> frames -----------------------------------------------------------
 
-    def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
+    def close(self) -> None:
+        self._encoder.close()
+
+    async def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
         kind = item.kind
         if kind == "frame" and item.frame is not None:
             return [item.frame]
@@ -137,10 +141,10 @@ class ChatWire:
         if kind == "text" and item.text is not None:
             return [protocol.encode_text(item.text)]
         if kind == "audio" and item.pcm_24k is not None:
-            ogg = self._encoder.encode(item.pcm_24k)
+            ogg = await self._encoder.encode(item.pcm_24k)
             return [protocol.encode_audio(ogg)] if ogg else []
         if kind == "reply_ended":
-            tail = self._encoder.flush()
+            tail = await self._encoder.flush()
             final = protocol.encode_text(f"\n[Final: {item.text or ''}]")
             return [protocol.encode_audio(tail), final] if tail else [final]
         if kind == "error" and item.text is not None:

@@ -106,8 +106,13 @@ class Wire(Protocol):
         """A user turn's audio is complete (end of turn, VAD silence, commit)."""
         ...
 
-    def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
-        """The frames of one outbox item (none to drop it). `progress`: the reply running."""
+    async def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
+        """The frames of one outbox item (none to drop it). `progress`: the reply running.
+        Awaited by the write loop alone, so a wire's codec state sees one item at a time."""
+        ...
+
+    def close(self) -> None:
+        """The connection is over: free what the wire holds outside the session."""
         ...
 
     def accept_event(self, data: dict[str, Any]) -> dict[str, Any] | None:
@@ -203,13 +208,15 @@ class ChatSession:
             self._ticker.cancel()
         if self._conversation is not None:
             await self._conversation.aclose()
+        self._wire.close()
         if self._bad_frames > LOGGED_BAD_FRAMES:
             logger.info("session %s: %d bad frames in all", self.id, self._bad_frames)
         if self._aborted:
             logger.warning("session %s aborted: %s", self.id, self._aborted)
 
     async def _close_after_crash(self) -> None:
-        for frame in self._wire.render(Outgoing("error", text="internal server error; reconnect"), None):
+        farewell = Outgoing("error", text="internal server error; reconnect")
+        for frame in await self._wire.render(farewell, None):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send_frame(frame)
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -477,7 +484,7 @@ class ChatSession:
             # every session's next frame gets its turn on the loop.
             await asyncio.sleep(0)
             item = await self._outbox.get()
-            for frame in self._render(item):
+            for frame in await self._render(item):
                 if not await self._send(frame):
                     return
             if item.close_code is not None:
@@ -505,7 +512,7 @@ class ChatSession:
         else:
             await self.ws.send_str(frame)
 
-    def _render(self, item: Outgoing) -> list[Frame]:
+    async def _render(self, item: Outgoing) -> list[Frame]:
         """Accounts for what reaches the client, then lets the wire make the frames."""
         if item.epoch is not None and item.epoch != self._epoch:
             return []  # belongs to an interrupted reply
@@ -521,7 +528,7 @@ class ChatSession:
         elif item.kind == "text" and progress is not None and item.text is not None:
             progress.sent_text.append(item.text)
             progress.first_text_at = progress.first_text_at or now
-        frames = self._wire.render(item, progress)
+        frames = await self._wire.render(item, progress)
         if item.kind == "reply_ended" and progress is not None:
             self._end_of_reply(progress)
         return frames

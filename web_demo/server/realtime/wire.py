@@ -305,7 +305,10 @@ class RealtimeWire:
             return data
         return None
 
-    def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
+    def close(self) -> None:
+        return None  # all its state is the session's
+
+    async def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
         kind, response = item.kind, self._response
         if kind == "frame" and item.frame is not None:
             return [item.frame]

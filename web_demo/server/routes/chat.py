@@ -22,6 +22,7 @@ from web_demo.server.middleware import REQUEST_ID
 from web_demo.server.realtime import events as rt_events
 from web_demo.server.realtime.protocol import MAX_APPEND_B64_CHARS
 from web_demo.server.realtime.wire import RealtimeWire
+from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder, ReplyEncoderProcess
 from web_demo.server.sampling_query import sampling_from_query
 from web_demo.server.session import ChatSession, Outgoing, Wire
 from web_demo.server.vad import SileroVad, VadSettings, requested_vad
@@ -43,6 +44,7 @@ class ChatRoute:
         self._metrics = metrics
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._vad_model = SileroVad()  # loaded when a first session asks for VAD; then shared
+        self.reply_encoders = ReplyEncoderProcess()  # started by the first /api/chat session
         metrics.sessions_active.set_function(lambda: len(self.sockets))
 
     @property
@@ -54,6 +56,7 @@ class ChatRoute:
         app.router.add_get("/api/simplex", self.handle)
         app.router.add_get("/v1/realtime", self.handle_realtime)
         app.on_shutdown.append(self._close_sockets)
+        app.on_cleanup.append(self._close_encoders)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """/api/chat and /api/simplex: the binary protocol."""
@@ -71,7 +74,7 @@ class ChatRoute:
             return ws
         # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
         extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
-        wire = ChatWire(extras=extras)
+        wire = ChatWire(extras=extras, encoder=await self._reply_encoder())
         session = self._session(request, ws, wire, sampling=sampling, vad=vad if vad_on else None)
         await self._serve(request, session, wire.opening(session))
         return ws
@@ -124,6 +127,11 @@ class ChatRoute:
             self.sockets.discard(session.ws)
             logger.info("session %s closed (%d active)", session.id, len(self.sockets))
 
+    async def _reply_encoder(self) -> ReplyEncoder:
+        if self._cfg.reply_encoder == "inline":
+            return InlineReplyEncoder()
+        return await self.reply_encoders.open_stream()
+
     def _refusal(self) -> str | None:
         refusal = self._lifecycle.refusal()
         if refusal is not None:
@@ -135,3 +143,6 @@ class ChatRoute:
     async def _close_sockets(self, app: web.Application) -> None:
         for ws in list(self.sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    async def _close_encoders(self, app: web.Application) -> None:
+        await self.reply_encoders.aclose()

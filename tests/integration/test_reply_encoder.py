@@ -1,0 +1,103 @@
+"""The reply encoder process: the same audio as the inline encoder, streams kept apart, and a
+child that dies or hangs fails only the streams it held."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from utils.ogg import split_ogg_pages
+from utils.opus import decode_pages
+from web_demo.server.errors import EngineDead
+from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder, ReplyEncoderProcess
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    return (0.2 * np.sin(2 * np.pi * (150 + 50 * seed) * t) * (1 + 0.3 * rng.standard_normal(len(t)))
+            ).astype(np.float32)
+
+
+async def encode_all(encoder: ReplyEncoder, pcm: np.ndarray, piece: int = 700) -> bytes:
+    out = [await encoder.encode(pcm[i:i + piece]) for i in range(0, len(pcm), piece)]
+    return b"".join(out) + await encoder.flush()
+
+
+async def test_two_interleaved_streams_match_the_inline_encoder() -> None:
+    encoders = ReplyEncoderProcess()
+    try:
+        a, b = await encoders.open_stream(), await encoders.open_stream()
+        pcm_a, pcm_b = speechlike(0.5, 1), speechlike(0.5, 2)
+        got_a, got_b = await asyncio.gather(encode_all(a, pcm_a), encode_all(b, pcm_b))
+        for got, pcm in ((got_a, pcm_a), (got_b, pcm_b)):
+            want = decode_pages(split_ogg_pages(await encode_all(InlineReplyEncoder(), pcm)))
+            decoded = decode_pages(split_ogg_pages(got))
+            assert len(decoded) == len(want) >= len(pcm)
+            np.testing.assert_array_equal(decoded, want)  # libopus is deterministic
+        a.close()
+        b.close()
+    finally:
+        await encoders.aclose()
+
+
+async def test_a_killed_child_fails_its_streams_and_the_next_stream_gets_a_new_one() -> None:
+    encoders = ReplyEncoderProcess()
+    try:
+        old = await encoders.open_stream()
+        assert await old.encode(speechlike(0.04, 1))  # the headers and one page
+        first_pid = encoders.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(EngineDead, match="exited"):
+            for _ in range(100):  # the answer in flight, or the next request, fails
+                await old.encode(speechlike(0.04, 1))
+                await asyncio.sleep(0.01)
+        old.close()  # no error: there is nothing to free
+        new = await encoders.open_stream()
+        assert encoders.pid not in (None, first_pid)
+        assert split_ogg_pages(await new.encode(speechlike(0.08, 2)))[0][5] == 0x02  # a fresh BOS page
+    finally:
+        await encoders.aclose()
+
+
+async def test_a_hung_child_is_killed_and_its_streams_fail() -> None:
+    encoders = ReplyEncoderProcess(hung_after_s=0.4)
+    try:
+        stream = await encoders.open_stream()
+        await stream.encode(speechlike(0.04, 1))
+        pid = encoders.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(EngineDead):
+            await asyncio.wait_for(stream.encode(speechlike(0.04, 1)), 5)
+        await asyncio.wait_for(_wait_gone(pid), 5)  # the watchdog killed it
+    finally:
+        await encoders.aclose()
+
+
+async def test_aclose_ends_the_child() -> None:
+    encoders = ReplyEncoderProcess()
+    stream = await encoders.open_stream()
+    await stream.encode(speechlike(0.04, 1))
+    pid = encoders.pid
+    assert pid is not None
+    await encoders.aclose()
+    assert encoders.pid is None
+    await asyncio.wait_for(_wait_gone(pid), 5)
+
+
+async def _wait_gone(pid: int) -> None:
+    """Returns once `pid` is no longer a live process of ours (reaped or a zombie)."""
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
+            return
+        await asyncio.sleep(0.02)
