@@ -3,9 +3,14 @@
 
 Each client replays pre-encoded Ogg/Opus speech at real-time pace (20 ms frames, 2 per page,
 as the browser sends), ends the turn, and receives the reply, for several turns. Reported
-per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames, and
-errors; then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the
-same machine (start it yourself and pass --url to measure another deployment).
+per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames,
+errors, and the CPU seconds of the server (its process and children, e.g. the reply encoder)
+and of the load generator, and the server's CPU seconds per session-minute (a figure that
+does not depend on the load generator sharing the machine); then the largest N with p99 gap
+< 100 ms.
+The server runs as a subprocess on the same machine (start it yourself and pass --url to
+measure another deployment; its CPU is then not reported). --profile samples the server with
+py-spy (`pip install py-spy`) and prints its top functions.
 
     python benchmarks/s2s_load.py --sessions 10,50,100,150 --turns 3
 """
@@ -14,13 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +51,29 @@ class ClientStats:
     first_audio_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    connected_s: float = 0.0
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (the server's reply encoder)."""
+    total = process_cpu_s(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread (or child) that just ended
+            for child in (task / "children").read_text().split():
+                total += process_tree_cpu_s(int(child))
+    return total
 
 
 async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], turns: int,
                      stats: ClientStats, start_delay_s: float) -> None:
     await asyncio.sleep(start_delay_s)  # stagger connections like real users
+    connected = time.perf_counter()
     try:
         # decode=False: the load generator shares the machine, so it skips decoding replies
         async with await ChatClient.connect(url, http=http, decode=False, timeout_s=30) as chat:
@@ -57,16 +85,23 @@ async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], 
                 stats.errors.extend(reply.errors)
     except (ChatError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         stats.errors.append(f"{type(exc).__name__}: {exc}")
+    stats.connected_s = time.perf_counter() - connected
 
 
-async def run_level(url: str, n: int, pages: list[bytes], turns: int) -> dict:
+async def run_level(url: str, n: int, pages: list[bytes], turns: int,
+                    server_pid: int | None = None) -> dict:
     stats = [ClientStats() for _ in range(n)]
+    cpu_before = None if server_pid is None else process_tree_cpu_s(server_pid)
+    loadgen_before = process_cpu_s(os.getpid())
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         started = time.perf_counter()
         await asyncio.gather(*(one_client(http, url, pages, turns, s, start_delay_s=i * 2.0 / n)
                                for i, s in enumerate(stats)))
         wall = time.perf_counter() - started
+    cpu = None if server_pid is None or cpu_before is None else process_tree_cpu_s(server_pid) - cpu_before
+    loadgen_cpu = process_cpu_s(os.getpid()) - loadgen_before
+    session_min = sum(s.connected_s for s in stats) / 60
     first = np.array([x for s in stats for x in s.first_audio_ms])
     gaps = np.array([x for s in stats for x in s.gaps_ms])
     errors = [e for s in stats for e in s.errors]
@@ -77,11 +112,14 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int) -> dict:
     return {"sessions": n, "turns": len(first), "first_audio_p50_ms": pct(first, 50),
             "first_audio_p99_ms": pct(first, 99), "gap_p50_ms": pct(gaps, 50),
             "gap_p99_ms": pct(gaps, 99), "gap_max_ms": pct(gaps, 100), "errors": len(errors),
-            "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1)}
+            "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1),
+            "server_cpu_s": None if cpu is None else round(cpu, 1),
+            "loadgen_cpu_s": round(loadgen_cpu, 1),
+            "cpu_s_per_session_min": None if cpu is None else round(cpu / session_min, 3)}
 
 
-def start_server(max_sessions: int, send_ahead: float,
-                 root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(max_sessions: int, send_ahead: float, root: Path = ROOT,
+                 extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """Starts the loopback server of the checkout at `root` (e.g. an older commit's worktree)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +127,7 @@ def start_server(max_sessions: int, send_ahead: float,
     process = subprocess.Popen(
         [sys.executable, "-m", "web_demo.server.server", "--engine", "loopback", "--host",
          "127.0.0.1", "--port", str(port), "--max-sessions", str(max_sessions),
-         "--send-ahead", str(send_ahead), "--log-level", "WARNING"],
+         "--send-ahead", str(send_ahead), "--log-level", "WARNING", *extra_args],
         cwd=root)  # python -m puts the cwd first on sys.path: that checkout's code runs
     for _ in range(200):
         try:
@@ -103,10 +141,38 @@ def start_server(max_sessions: int, send_ahead: float,
 
 def print_table(rows: list[dict]) -> None:
     cols = ["sessions", "turns", "first_audio_p50_ms", "first_audio_p99_ms", "gap_p50_ms",
-            "gap_p99_ms", "gap_max_ms", "errors", "wall_s"]
-    print(" | ".join(f"{c:>18}" for c in cols))
+            "gap_p99_ms", "gap_max_ms", "errors", "wall_s", "server_cpu_s", "loadgen_cpu_s",
+            "cpu_s_per_session_min"]
+    print(" | ".join(cols))
     for row in rows:
-        print(" | ".join(f"{row[c]!s:>18}" for c in cols))
+        print(" | ".join(f"{row[c]!s:>{len(c)}}" for c in cols))
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server into collapsed stacks (one "frame;frame;... count" a line)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
+def print_top_functions(collapsed: Path, top: int = 25) -> None:
+    """The functions the server spent its samples in: self (the innermost frame) and total."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        samples += int(count)
+        own[frames[-1]] += int(count)
+        for f in set(frames):
+            total[f] += int(count)
+    print(f"\nserver profile: {samples} samples (py-spy, 200 Hz); top functions by own time")
+    for name, n in own.most_common(top):
+        print(f"{100 * n / samples:6.1f}% own {100 * total[name] / samples:6.1f}% total  {name}")
+    print("\ntop functions by total time (own time included)")
+    for name, n in total.most_common(top):
+        print(f"{100 * n / samples:6.1f}% total  {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,27 +184,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server-root", type=Path, default=ROOT,
                    help="checkout whose server to start, e.g. `git worktree add /tmp/old REF`")
     p.add_argument("--send-ahead", type=float, default=0.5)
+    p.add_argument("--server-args", default="", help='more server flags, e.g. "--reply-encoder inline"')
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/s2s_load.json")
+    p.add_argument("--profile", type=Path, help="py-spy the server into this collapsed-stack file")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.sessions.split(",")]
     pcm, rate = read_wav(a.wav)
     pages = encode_browser_pages(resample(pcm, rate, WIRE_SAMPLE_RATE))
-    process = None
+    process = profiler = None
     url = a.url
     if url is None:
-        process, url = start_server(max(levels), a.send_ahead, a.server_root)
+        process, url = start_server(max(levels), a.send_ahead, a.server_root,
+                                    tuple(shlex.split(a.server_args)))
+    if a.profile is not None and process is not None:
+        profiler = start_profiler(process.pid, a.profile)
     try:
         rows = []
         for n in levels:
-            rows.append(asyncio.run(run_level(url, n, pages, a.turns)))
+            rows.append(asyncio.run(run_level(url, n, pages, a.turns, process.pid if process else None)))
             print(f"N={n}: {rows[-1]}", file=sys.stderr)
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         if process is not None:
             process.terminate()
             process.wait(10)
     print(f"\n/api/chat load, loopback engine, {os.cpu_count()} cores, load generator on the "
-          f"same machine, {len(pages) * PAGE_S:.1f} s turns x {a.turns}, server from {a.server_root}")
+          f"same machine, {len(pages) * PAGE_S:.1f} s turns x {a.turns}, server from {a.server_root} "
+          f"{a.server_args}")
     print_table(rows)
+    if profiler is not None and a.profile is not None and a.profile.exists():
+        print_top_functions(a.profile)
     ok = [r["sessions"] for r in rows if r["gap_p99_ms"] is not None
           and r["gap_p99_ms"] < GAP_TARGET_MS and r["errors"] == 0]
     print(f"\nlargest N with p99 gap < {GAP_TARGET_MS:.0f} ms and no errors: {max(ok) if ok else 'none'}")

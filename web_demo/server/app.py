@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import uvloop
 from aiohttp import web
 
 from web_demo.server.config import CLIENT_DIR, AsrServiceConfig, ChatConfig, HttpConfig, TtsServiceConfig
@@ -173,5 +174,7 @@ def run_service(app: web.Application, sock: socket.socket, cfg: HttpConfig) -> N
         sys.exit(f"{exc}")
     if ssl_context is not None:
         logger.info("serving HTTPS and WSS with %s", cfg.ssl_certfile)
-    sys.exit(asyncio.run(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=cfg.drain_timeout_s,
-                               ssl_context=ssl_context)))
+    # uvloop: the same asyncio API with its I/O and timers in C (benchmarks/s2s_load.py)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(serve(app, sock, lifecycle=app[LIFECYCLE], drain_timeout_s=cfg.drain_timeout_s,
+                                  ssl_context=ssl_context)))
