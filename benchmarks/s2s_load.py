@@ -5,10 +5,9 @@ Each client replays pre-encoded Ogg/Opus speech at real-time pace (20 ms frames,
 as the browser sends), ends the turn, and receives the reply, for several turns. Reported
 per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames,
 errors, and the CPU seconds of the server (its process and children, e.g. the reply encoder)
-and of the load generator, and the server's CPU seconds per session-minute (a figure that
-does not depend on the load generator sharing the machine); then the largest N with p99 gap
-< 100 ms.
-The server runs as a subprocess on the same machine (start it yourself and pass --url to
+and of the load generator, and the server's CPU seconds per session-minute (a minute of
+conversation at real time; a figure that does not depend on the load generator sharing the
+machine); then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the same machine (start it yourself and pass --url to
 measure another deployment; its CPU is then not reported). --profile samples the server with
 py-spy (`pip install py-spy`) and prints its top functions.
 
@@ -51,7 +50,6 @@ class ClientStats:
     first_audio_ms: list[float] = field(default_factory=list)
     gaps_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    connected_s: float = 0.0
 
 
 def process_cpu_s(pid: int) -> float:
@@ -73,7 +71,6 @@ def process_tree_cpu_s(pid: int) -> float:
 async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], turns: int,
                      stats: ClientStats, start_delay_s: float) -> None:
     await asyncio.sleep(start_delay_s)  # stagger connections like real users
-    connected = time.perf_counter()
     try:
         # decode=False: the load generator shares the machine, so it skips decoding replies
         async with await ChatClient.connect(url, http=http, decode=False, timeout_s=30) as chat:
@@ -85,7 +82,6 @@ async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], 
                 stats.errors.extend(reply.errors)
     except (ChatError, aiohttp.ClientError, TimeoutError, OSError) as exc:
         stats.errors.append(f"{type(exc).__name__}: {exc}")
-    stats.connected_s = time.perf_counter() - connected
 
 
 async def run_level(url: str, n: int, pages: list[bytes], turns: int,
@@ -101,8 +97,10 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int,
         wall = time.perf_counter() - started
     cpu = None if server_pid is None or cpu_before is None else process_tree_cpu_s(server_pid) - cpu_before
     loadgen_cpu = process_cpu_s(os.getpid()) - loadgen_before
-    session_min = sum(s.connected_s for s in stats) / 60
+    # A session-minute is a minute of conversation at real time (user speech + reply audio),
+    # so the figure does not grow when an overloaded server stretches every session's wall time.
     first = np.array([x for s in stats for x in s.first_audio_ms])
+    session_min = len(first) * 2 * len(pages) * PAGE_S / 60
     gaps = np.array([x for s in stats for x in s.gaps_ms])
     errors = [e for s in stats for e in s.errors]
 
@@ -115,7 +113,7 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int,
             "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1),
             "server_cpu_s": None if cpu is None else round(cpu, 1),
             "loadgen_cpu_s": round(loadgen_cpu, 1),
-            "cpu_s_per_session_min": None if cpu is None else round(cpu / session_min, 3)}
+            "cpu_s_per_session_min": None if cpu is None or not session_min else round(cpu / session_min, 3)}
 
 
 def start_server(max_sessions: int, send_ahead: float, root: Path = ROOT,
