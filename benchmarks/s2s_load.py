@@ -7,8 +7,9 @@ per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio f
 errors, and the CPU seconds of the server (its process and children, e.g. the reply encoder)
 and of the load generator, and the server's CPU seconds per session-minute (a minute of
 conversation at real time; a figure that does not depend on the load generator sharing the
-machine); then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the same machine (start it yourself and pass --url to
-measure another deployment; its CPU is then not reported). --profile samples the server with
+machine); then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the
+same machine (start it yourself and pass --url to measure another deployment; its CPU is then
+not reported). --profile samples the server with
 py-spy (`pip install py-spy`) and prints its top functions.
 
     python benchmarks/s2s_load.py --sessions 10,50,100,150 --turns 3
