@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,9 @@ def speech_file(name: str, fmt: str) -> bytes:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     return buf.getvalue()
+
+
+def plain_text(text: str) -> str:
+    """Lowercase words without punctuation: Whisper's int8 kernels differ by CPU, and so does
+    whether a transcript ends with a full stop."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())

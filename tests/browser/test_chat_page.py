@@ -239,8 +239,9 @@ def test_push_to_talk_turn(server: ChatServer, scenario: Scenario, fox_wav: str)
     assert r["audio"]["contextRate"] == 24000 and r["mic"]["rate"] == 24000, r["audio"]
     assert r["counters"]["starts"] == 1 and r["counters"]["pauses"] == 1
     # 20 ms frames, 2 per page, plus the two header pages; about the time the button was held
+    # (with the pre-roll; on a loaded 2-core machine the mouse-up lands up to ~1 s late)
     sent = r["counters"]["pagesSent"]
-    assert 2 + (HOLD_MS / 40) * 0.8 < sent < 2 + (HOLD_MS + 400) / 40 + 2, r["counters"]
+    assert 2 + (HOLD_MS / 40) * 0.8 < sent < 2 + (HOLD_MS + 1000) / 40 + 2, r["counters"]
     [turn] = r["turns"]
     assert_turn(turn, FOX_WORDS)
     assert r["reply"]["samples24k"] == turn["samples24k"] and r["droppedSamples24k"] == 0

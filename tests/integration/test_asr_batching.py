@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.fakes import FAST, BatchSizes
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, plain_text
 from utils.audio import read_wav
 from web_demo.server.engines.base import Transcription, TranscriptionRequest
 from web_demo.server.engines.local import WorkerAsrEngine
@@ -77,8 +77,9 @@ def test_a_batch_transcribes_each_request_as_it_would_alone(handler: FasterWhisp
     for request, outcome in zip(requests, batched, strict=True):
         assert outcome == [alone(handler, request)]
     texts = [outcome[0].text for outcome in batched if isinstance(outcome, list)]
-    assert texts[:3] == ["the quick brown fox jumps over the lazy dog", "Hello, my name is Alice.",
-                         "Please tell me the weather in Paris tomorrow."]
+    assert [plain_text(t) for t in texts[:3]] == [
+        "the quick brown fox jumps over the lazy dog", "hello my name is alice",
+        "please tell me the weather in paris tomorrow"]
     assert texts[6] == "" and "fox" in texts[8].lower() and "weather" in texts[8].lower()
 
 
@@ -88,8 +89,8 @@ def test_a_bad_request_fails_only_itself(handler: FasterWhisperHandler) -> None:
         TranscriptionRequest(fox), TranscriptionRequest(np.stack([hello, hello])),
         TranscriptionRequest(hello, language="fr"), "not a request", TranscriptionRequest(hello)])
     good = [o for i, o in enumerate(outcomes) if i in (0, 4)]
-    assert [o[0].text for o in good if isinstance(o, list)] == [
-        "the quick brown fox jumps over the lazy dog", "Hello, my name is Alice."]
+    assert [plain_text(o[0].text) for o in good if isinstance(o, list)] == [
+        "the quick brown fox jumps over the lazy dog", "hello my name is alice"]
     params = [o.param if isinstance(o, BadRequest) else o for o in outcomes[1:4]]
     assert params == ["pcm_16k", "language", None]
 

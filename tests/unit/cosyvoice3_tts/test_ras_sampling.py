@@ -41,7 +41,9 @@ def test_nucleus_and_draw_match_upstream(name: str) -> None:
     logp, history = c[f"{name}.logp"], c[f"{name}.history"].tolist()
     ids, probs = nucleus(logp, top_p=0.8, top_k=25)
     assert ids.tolist() == c[f"{name}.nucleus_ids"].tolist()
-    assert torch.equal(probs, c[f"{name}.nucleus_probs"])  # bit-exact, unnormalised
+    # unnormalised; bit-exact on the CPU the golden data came from, but torch's softmax kernel
+    # (its exp) differs in the last bits between instruction sets (AVX-512 / AVX2)
+    torch.testing.assert_close(probs, c[f"{name}.nucleus_probs"], rtol=2e-6, atol=0)
     assert ids.numel() == notes["nucleus_size"]
 
     torch.manual_seed(notes["seed"])
