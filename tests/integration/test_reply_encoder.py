@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -76,6 +77,20 @@ async def test_a_hung_child_is_killed_and_its_streams_fail() -> None:
         with pytest.raises(EngineDead):
             await asyncio.wait_for(stream.encode(speechlike(0.04, 1)), 5)
         await asyncio.wait_for(_wait_gone(pid), 5)  # the watchdog killed it
+    finally:
+        await encoders.aclose()
+
+
+async def test_a_child_that_cannot_start_fails_the_stream_not_the_owner(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    encoders = ReplyEncoderProcess()
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits before saying it is ready
+    with pytest.raises(EngineDead, match="did not start"):
+        await encoders.open_stream()
+    monkeypatch.undo()
+    try:
+        stream = await encoders.open_stream()  # the next session gets a working child
+        assert split_ogg_pages(await stream.encode(speechlike(0.08, 3)))[0][5] == 0x02
     finally:
         await encoders.aclose()
 

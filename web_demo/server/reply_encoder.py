@@ -7,8 +7,9 @@ loop only writes PCM into a pipe and reads pages back (a few microseconds a fram
 
 Pipe format, little-endian: a request is (stream u32, op u8, length u32) + float32 PCM; a
 reply is (stream u32, ok u8, length u32) + Ogg pages (ok 1) or a UTF-8 error (ok 0). The
-child answers requests in order, except CLOSE, which has no answer. A stream's encoder is
-made by its first request. If the child dies, the streams it held fail (their sessions
+child first writes one empty reply (stream 0, ok 1) once its imports are done, then answers
+requests in order, except CLOSE, which has no answer. A stream's encoder is made by its
+first request. If the child dies, the streams it held fail (their sessions
 close with an error) and the next stream starts a new child; so does a child that leaves a
 request unanswered for HUNG_AFTER_S, which is killed.
 
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 HEADER = struct.Struct("<IBI")
 ENCODE, FLUSH, CLOSE = 1, 2, 3
 HUNG_AFTER_S = 5.0  # a 40 ms frame takes well under a millisecond
+# Starting Python and importing PyAV and numpy: under a second, more on a loaded machine;
+# the hung timer must not count it.
+STARTUP_TIMEOUT_S = 30.0
 
 
 class ReplyEncoder(Protocol):
@@ -97,12 +101,22 @@ class ReplyEncoderProcess:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "web_demo.server.reply_encoder",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        await self._wait_ready(self._process)
         self._pending = collections.deque()
         self._tasks = [asyncio.create_task(self._read_replies(self._process, self._pending),
                                            name="reply-encoder-reader"),
                        asyncio.create_task(self._watch(self._process, self._pending),
                                            name="reply-encoder-watchdog")]
         logger.info("reply encoder process %d started", self._process.pid)
+
+    async def _wait_ready(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            await asyncio.wait_for(process.stdout.readexactly(HEADER.size), STARTUP_TIMEOUT_S)
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
+            process.kill()
+            code = await process.wait()
+            raise EngineDead(f"the reply encoder process did not start ({code})") from exc
 
     def request(self, process: asyncio.subprocess.Process, stream: int, op: int,
                 payload: bytes = b"") -> asyncio.Future[bytes] | None:
@@ -196,6 +210,8 @@ class ProcessReplyEncoder:
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The child's loop: answers requests until its input ends."""
     encoders: dict[int, OpusStreamEncoder] = {}
+    replies.write(HEADER.pack(0, 1, 0))  # ready
+    replies.flush()
     while header := requests.read(HEADER.size):
         stream, op, length = HEADER.unpack(header)
         payload = requests.read(length)

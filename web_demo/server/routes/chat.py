@@ -16,6 +16,7 @@ from web_demo.server import protocol
 from web_demo.server.chat_wire import ChatWire
 from web_demo.server.config import ChatConfig
 from web_demo.server.engines.base import S2SEngine, SamplingOptions
+from web_demo.server.errors import EngineDead
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
@@ -74,7 +75,11 @@ class ChatRoute:
             return ws
         # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
         extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
-        wire = ChatWire(extras=extras, encoder=await self._reply_encoder())
+        try:
+            encoder = await self._reply_encoder()
+        except EngineDead as exc:  # the child could not start: this session cannot speak
+            return await self._refuse(ws, protocol.encode_error(str(exc)), str(exc))
+        wire = ChatWire(extras=extras, encoder=encoder)
         session = self._session(request, ws, wire, sampling=sampling, vad=vad if vad_on else None)
         await self._serve(request, session, wire.opening(session))
         return ws
