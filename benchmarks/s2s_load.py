@@ -4,7 +4,7 @@
 Each client replays pre-encoded Ogg/Opus speech at real-time pace (20 ms frames, 2 per page,
 as the browser sends), ends the turn, and receives the reply, for several turns. Reported
 per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames,
-errors, and the CPU seconds of the server (its process and children, e.g. the reply encoder)
+errors, and the CPU seconds of the server (its process and children, e.g. the Opus codec)
 and of the load generator, and the server's CPU seconds per session-minute (a minute of
 conversation at real time; a figure that does not depend on the load generator sharing the
 machine); then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the
@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import uvloop
 
 from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample
 from utils.opus import encode_browser_pages
@@ -60,7 +62,7 @@ def process_cpu_s(pid: int) -> float:
 
 
 def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (the server's reply encoder)."""
+    """CPU seconds of a process and its live descendants (the server's Opus codec)."""
     total = process_cpu_s(pid)
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a thread (or child) that just ended
@@ -150,7 +152,11 @@ def print_table(rows: list[dict]) -> None:
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the server into collapsed stacks (one "frame;frame;... count" a line)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+    # the venv's own bin is not on PATH when the benchmark runs as .venv/bin/python
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        sys.exit("--profile needs py-spy: pip install py-spy")
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
                              "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server-root", type=Path, default=ROOT,
                    help="checkout whose server to start, e.g. `git worktree add /tmp/old REF`")
     p.add_argument("--send-ahead", type=float, default=0.5)
-    p.add_argument("--server-args", default="", help='more server flags, e.g. "--reply-encoder inline"')
+    p.add_argument("--server-args", default="", help='more server flags, e.g. "--opus-codec inline"')
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/s2s_load.json")
     p.add_argument("--profile", type=Path, help="py-spy the server into this collapsed-stack file")
     a = p.parse_args(argv)
@@ -200,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = []
         for n in levels:
-            rows.append(asyncio.run(run_level(url, n, pages, a.turns, process.pid if process else None)))
+            # uvloop, as the server runs: the clients' own loop overhead would show up as gaps
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                rows.append(runner.run(run_level(url, n, pages, a.turns, process.pid if process else None)))
             print(f"N={n}: {rows[-1]}", file=sys.stderr)
     finally:
         if profiler is not None:

@@ -143,7 +143,7 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     def broken(self, pcm):
         raise ValueError("encoder exploded")
 
-    _client, connect = await chat_server(FakeEngine(audio_s=0.4), reply_encoder="inline")
+    _client, connect = await chat_server(FakeEngine(audio_s=0.4), opus_codec="inline")
     chat = await connect()
     monkeypatch.setattr(OpusStreamEncoder, "encode", broken)
     await chat.turn(PAGES)
@@ -156,13 +156,13 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     assert (await other.receive_reply()).final is not None
 
 
-async def test_killed_reply_encoder_fails_its_sessions_not_the_server(chat_server) -> None:
+async def test_killed_opus_codec_fails_its_sessions_not_the_server(chat_server) -> None:
     client, connect = await chat_server(FakeEngine(audio_s=2.0))
     chat = await connect()
     await chat.turn(PAGES)
     await chat.receive_until_audio()
-    encoders = client.app[CHAT].reply_encoders
-    os.kill(encoders.pid, signal.SIGKILL)  # mid-reply
+    codecs = client.app[CHAT].codecs
+    os.kill(codecs.pid, signal.SIGKILL)  # mid-reply
     frames = await frames_until_close(chat)
     assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
     assert any(f[0] == 0x05 and b"internal server error" in f for f in frames)

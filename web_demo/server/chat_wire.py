@@ -1,9 +1,9 @@
 """The binary /api/chat protocol (protocol.py) spoken over a ChatSession.
 
-Client frames -> session calls: 0x01 Ogg pages -> OpusStreamDecoder (continuous for the
-connection) -> feed_audio(); 0x03 start / endTurn / pause / restart; 0x04 metadata (system
+Client frames -> session calls: 0x01 Ogg pages -> the session's Opus decoder (continuous for
+the connection; opus_codec.py) -> feed_audio(); 0x03 start / endTurn / pause / restart; 0x04 metadata (system
 prompt, VAD, extras). Outbox items -> frames: the "[Processing...]" status text (upstream's;
-old clients display it), text pieces, reply audio -> ReplyEncoder -> 0x01 pages, the
+old clients display it), text pieces, reply audio -> its Opus encoder -> 0x01 pages, the
 "\\n[Final: ...]" text at the end of a reply, 0x05 errors, 0x06 pings, and the opt-in 0x04
 extras (transcripts, queue positions, latencies, VAD events) that old clients do not know.
 Function calling, also opt-in: metadata {"tools": [...]} offers functions with every turn,
@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType
 
-from utils.opus import OpusStreamDecoder
 from web_demo.server import protocol
 from web_demo.server.engines.base import Tool
 from web_demo.server.errors import ProtocolError
+from web_demo.server.opus_codec import InlineCodec, SessionCodec
 from web_demo.server.protocol import AudioIn, Control, ControlIn, Ignored, MetadataIn
-from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder
 from web_demo.server.session import ChatSession, Frame, Outgoing, ReplyProgress
 from web_demo.server.vad import VAD_KEYS, requested_vad
 
@@ -39,11 +38,10 @@ class ChatWire:
 
     pings = True  # keeps the browser client's 30 s inactivity timer from firing
 
-    def __init__(self, *, extras: bool = False, encoder: ReplyEncoder | None = None) -> None:
+    def __init__(self, *, extras: bool = False, codec: SessionCodec | None = None) -> None:
         self.extras = extras  # opt-in 0x04 frames that old clients do not know
         self.tools: tuple[Tool, ...] = ()  # offered to the model with every turn
-        self._decoder = OpusStreamDecoder()
-        self._encoder = encoder or InlineReplyEncoder()
+        self._codec = codec or InlineCodec()
 
     def opening(self, session: ChatSession) -> list[Outgoing]:
         items = [Outgoing("frame", frame=protocol.HANDSHAKE_FRAME)]
@@ -69,7 +67,7 @@ class ChatWire:
 
     async def _on_message(self, session: ChatSession, message: protocol.ClientMessage) -> None:
         if isinstance(message, AudioIn):
-            await session.feed_audio(self._decode(message.ogg))
+            await session.feed_audio(await self._decode(message.ogg))
         elif isinstance(message, ControlIn):
             await self._on_control(session, message.action)
         elif isinstance(message, MetadataIn):
@@ -77,10 +75,10 @@ class ChatWire:
         elif isinstance(message, Ignored):
             logger.debug("session %s: ignored %s frame", session.id, message.kind.name)
 
-    def _decode(self, ogg: bytes) -> np.ndarray:
+    async def _decode(self, ogg: bytes) -> np.ndarray:
         # Decoded even while not recording: the decoder is continuous for the connection.
         try:
-            return self._decoder.decode(ogg)
+            return await self._codec.decode(ogg)
         except ValueError as exc:
             raise ProtocolError(f"audio could not be decoded ({exc}); the frame was dropped") from None
 
@@ -130,7 +128,7 @@ class ChatWire:
     # ---- outbox items -> frames -----------------------------------------------------------
 
     def close(self) -> None:
-        self._encoder.close()
+        self._codec.close()
 
     async def render(self, item: Outgoing, progress: ReplyProgress | None) -> list[Frame]:
         kind = item.kind
@@ -141,10 +139,10 @@ class ChatWire:
         if kind == "text" and item.text is not None:
             return [protocol.encode_text(item.text)]
         if kind == "audio" and item.pcm_24k is not None:
-            ogg = await self._encoder.encode(item.pcm_24k)
+            ogg = await self._codec.encode(item.pcm_24k)
             return [protocol.encode_audio(ogg)] if ogg else []
         if kind == "reply_ended":
-            tail = await self._encoder.flush()
+            tail = await self._codec.flush()
             final = protocol.encode_text(f"\n[Final: {item.text or ''}]")
             return [protocol.encode_audio(tail), final] if tail else [final]
         if kind == "error" and item.text is not None:

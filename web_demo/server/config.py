@@ -133,10 +133,10 @@ class ChatConfig:
     output_dir: Path = flag(Path("output"), "where --save-audio writes", name="--output-dir", type=Path)
     max_outbox_frames: int = flag(512, "frames queued for a client that does not read before its "
                                   "connection is cut", name="--max-outbox-frames")
-    reply_encoder: str = flag("process", "where /api/chat reply audio is Opus-encoded: one child "
-                              "process for all sessions (off the event loop, the cheaper way past "
-                              "~100 sessions) or inline on the loop", name="--reply-encoder",
-                              choices=("process", "inline"))
+    opus_codec: str = flag("process", "where /api/chat mic audio is Opus-decoded and reply audio "
+                           "encoded: one child process for all sessions (off the event loop, the "
+                           "cheaper way past ~100 sessions) or inline on the loop", name="--opus-codec",
+                           choices=("process", "inline"))
     write_timeout_s: float = flag(10.0, "a send blocked this long (client not reading) cuts the "
                                   "connection", name="--write-timeout")
     ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",

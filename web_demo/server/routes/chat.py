@@ -20,10 +20,10 @@ from web_demo.server.errors import EngineDead
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
+from web_demo.server.opus_codec import CodecProcess, InlineCodec, SessionCodec
 from web_demo.server.realtime import events as rt_events
 from web_demo.server.realtime.protocol import MAX_APPEND_B64_CHARS
 from web_demo.server.realtime.wire import RealtimeWire
-from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder, ReplyEncoderProcess
 from web_demo.server.sampling_query import sampling_from_query
 from web_demo.server.session import ChatSession, Outgoing, Wire
 from web_demo.server.vad import SileroVad, VadSettings, requested_vad
@@ -45,7 +45,7 @@ class ChatRoute:
         self._metrics = metrics
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._vad_model = SileroVad()  # loaded when a first session asks for VAD; then shared
-        self.reply_encoders = ReplyEncoderProcess()  # started by the first /api/chat session
+        self.codecs = CodecProcess()  # started by the first /api/chat session
         metrics.sessions_active.set_function(lambda: len(self.sockets))
 
     @property
@@ -57,7 +57,7 @@ class ChatRoute:
         app.router.add_get("/api/simplex", self.handle)
         app.router.add_get("/v1/realtime", self.handle_realtime)
         app.on_shutdown.append(self._close_sockets)
-        app.on_cleanup.append(self._close_encoders)
+        app.on_cleanup.append(self._close_codecs)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """/api/chat and /api/simplex: the binary protocol."""
@@ -76,10 +76,10 @@ class ChatRoute:
         # VAD events travel as extras, so asking for VAD turns them on unless ?extras says no.
         extras = request.query.get("extras", "1" if vad_on else "") in ("1", "true", "yes")
         try:
-            encoder = await self._reply_encoder()
+            codec = await self._codec()
         except EngineDead as exc:  # the child could not start: this session cannot speak
             return await self._refuse(ws, protocol.encode_error(str(exc)), str(exc))
-        wire = ChatWire(extras=extras, encoder=encoder)
+        wire = ChatWire(extras=extras, codec=codec)
         session = self._session(request, ws, wire, sampling=sampling, vad=vad if vad_on else None)
         await self._serve(request, session, wire.opening(session))
         return ws
@@ -132,10 +132,10 @@ class ChatRoute:
             self.sockets.discard(session.ws)
             logger.info("session %s closed (%d active)", session.id, len(self.sockets))
 
-    async def _reply_encoder(self) -> ReplyEncoder:
-        if self._cfg.reply_encoder == "inline":
-            return InlineReplyEncoder()
-        return await self.reply_encoders.open_stream()
+    async def _codec(self) -> SessionCodec:
+        if self._cfg.opus_codec == "inline":
+            return InlineCodec()
+        return await self.codecs.open_stream()
 
     def _refusal(self) -> str | None:
         refusal = self._lifecycle.refusal()
@@ -149,5 +149,5 @@ class ChatRoute:
         for ws in list(self.sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
-    async def _close_encoders(self, app: web.Application) -> None:
-        await self.reply_encoders.aclose()
+    async def _close_codecs(self, app: web.Application) -> None:
+        await self.codecs.aclose()

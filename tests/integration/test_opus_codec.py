@@ -1,5 +1,5 @@
-"""The reply encoder process: the same audio as the inline encoder, streams kept apart, and a
-child that dies or hangs fails only the streams it held."""
+"""The Opus codec process: the same audio as the inline codec both ways, streams kept apart,
+requests bigger than one read, and a child that dies or hangs fails only the streams it held."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from utils.ogg import split_ogg_pages
-from utils.opus import decode_pages
+from utils.opus import OpusStreamDecoder, decode_pages, encode_browser_pages
 from web_demo.server.errors import EngineDead
-from web_demo.server.reply_encoder import InlineReplyEncoder, ReplyEncoder, ReplyEncoderProcess
+from web_demo.server.opus_codec import CodecProcess, InlineCodec, SessionCodec
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -24,19 +24,19 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
             ).astype(np.float32)
 
 
-async def encode_all(encoder: ReplyEncoder, pcm: np.ndarray, piece: int = 700) -> bytes:
+async def encode_all(encoder: SessionCodec, pcm: np.ndarray, piece: int = 700) -> bytes:
     out = [await encoder.encode(pcm[i:i + piece]) for i in range(0, len(pcm), piece)]
     return b"".join(out) + await encoder.flush()
 
 
 async def test_two_interleaved_streams_match_the_inline_encoder() -> None:
-    encoders = ReplyEncoderProcess()
+    encoders = CodecProcess()
     try:
         a, b = await encoders.open_stream(), await encoders.open_stream()
         pcm_a, pcm_b = speechlike(0.5, 1), speechlike(0.5, 2)
         got_a, got_b = await asyncio.gather(encode_all(a, pcm_a), encode_all(b, pcm_b))
         for got, pcm in ((got_a, pcm_a), (got_b, pcm_b)):
-            want = decode_pages(split_ogg_pages(await encode_all(InlineReplyEncoder(), pcm)))
+            want = decode_pages(split_ogg_pages(await encode_all(InlineCodec(), pcm)))
             decoded = decode_pages(split_ogg_pages(got))
             assert len(decoded) == len(want) >= len(pcm)
             np.testing.assert_array_equal(decoded, want)  # libopus is deterministic
@@ -46,8 +46,41 @@ async def test_two_interleaved_streams_match_the_inline_encoder() -> None:
         await encoders.aclose()
 
 
+async def test_mic_pages_decode_as_inline_and_bad_bytes_fail_only_their_request() -> None:
+    codecs = CodecProcess()
+    try:
+        a, b = await codecs.open_stream(), await codecs.open_stream()
+        pages_a, pages_b = encode_browser_pages(speechlike(0.6, 1)), encode_browser_pages(speechlike(0.6, 2))
+        inline_a, inline_b = OpusStreamDecoder(), OpusStreamDecoder()
+        for i, (page_a, page_b) in enumerate(zip(pages_a, pages_b, strict=False)):
+            got_a, got_b = await asyncio.gather(a.decode(page_a), b.decode(page_b))
+            np.testing.assert_array_equal(got_a, inline_a.decode(page_a))
+            np.testing.assert_array_equal(got_b, inline_b.decode(page_b))
+            if i == 4:  # a's decoder starts over, as the inline one does; b's is untouched
+                garbage = b"OggS" + np.random.default_rng(5).bytes(200)
+                with pytest.raises(ValueError):
+                    inline_a.decode(garbage)
+                with pytest.raises(ValueError):
+                    await a.decode(garbage)
+        assert len(got_a) > 0  # the fresh decoder goes on with the stream's later pages
+    finally:
+        await codecs.aclose()
+
+
+async def test_a_request_bigger_than_one_read_is_answered() -> None:
+    codecs = CodecProcess()
+    try:
+        stream = await codecs.open_stream()
+        pcm = speechlike(12.0, 4)  # 1.15 MB of float32: several reads of the child's pipe
+        got = decode_pages(split_ogg_pages(await stream.encode(pcm) + await stream.flush()))
+        want = decode_pages(split_ogg_pages(await encode_all(InlineCodec(), pcm, piece=len(pcm))))
+        np.testing.assert_array_equal(got, want)
+    finally:
+        await codecs.aclose()
+
+
 async def test_a_killed_child_fails_its_streams_and_the_next_stream_gets_a_new_one() -> None:
-    encoders = ReplyEncoderProcess()
+    encoders = CodecProcess()
     try:
         old = await encoders.open_stream()
         assert await old.encode(speechlike(0.04, 1))  # the headers and one page
@@ -67,7 +100,7 @@ async def test_a_killed_child_fails_its_streams_and_the_next_stream_gets_a_new_o
 
 
 async def test_a_hung_child_is_killed_and_its_streams_fail() -> None:
-    encoders = ReplyEncoderProcess(hung_after_s=0.4)
+    encoders = CodecProcess(hung_after_s=0.4)
     try:
         stream = await encoders.open_stream()
         await stream.encode(speechlike(0.04, 1))
@@ -83,7 +116,7 @@ async def test_a_hung_child_is_killed_and_its_streams_fail() -> None:
 
 async def test_a_child_that_cannot_start_fails_the_stream_not_the_owner(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    encoders = ReplyEncoderProcess()
+    encoders = CodecProcess()
     monkeypatch.setattr(sys, "executable", "/bin/false")  # exits before saying it is ready
     with pytest.raises(EngineDead, match="did not start"):
         await encoders.open_stream()
@@ -96,7 +129,7 @@ async def test_a_child_that_cannot_start_fails_the_stream_not_the_owner(
 
 
 async def test_aclose_ends_the_child() -> None:
-    encoders = ReplyEncoderProcess()
+    encoders = CodecProcess()
     stream = await encoders.open_stream()
     await stream.encode(speechlike(0.04, 1))
     pid = encoders.pid
