@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,17 @@ from .config import DiTConfig
 
 _POS_KERNEL = 31
 _POS_GROUPS = 16
+
+
+class AttentionStore(Protocol):
+    """A block's key/value store: takes a chunk's keys/values and attends its queries.
+
+    `KVCache` is the per-stream one; the batched and static vocoders (batched_stream.py,
+    static_flow.py) pass stores over the rows of several streams.
+    """
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               first_visible: int = 0) -> torch.Tensor: ...
 
 
 class KVCache:
@@ -239,6 +250,12 @@ class RotaryEmbedding(nn.Module):
         freqs = pos.unsqueeze(1) * self.inv_freq.float().unsqueeze(0)  # [T, d/2]
         return freqs.repeat_interleave(2, dim=-1)  # [T, d], pairs share an angle
 
+    def angles_at(self, starts: torch.Tensor, length: int) -> torch.Tensor:
+        """`angles` per row from a device tensor of starts [B] -> [B, T, d] (no host read)."""
+        pos = (starts[:, None] + torch.arange(length, device=starts.device)).float()  # [B, T]
+        freqs = pos.unsqueeze(-1) * self.inv_freq.float()  # [B, T, d/2]
+        return freqs.repeat_interleave(2, dim=-1)
+
 
 def _apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """x [B, T, H*d]; rotate adjacent pairs of the first angles.shape[-1] channels.
@@ -264,7 +281,7 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, cfg.dim)])  # index 0 matches upstream keys
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
-                kv: KVCache | None, first_visible: int = 0) -> torch.Tensor:
+                kv: AttentionStore | None, first_visible: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         q = _apply_rope(self.to_q(x), angles)
         k = _apply_rope(self.to_k(x), angles)
@@ -313,7 +330,7 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(cfg.dim, cfg.ff_mult)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
-                kv: KVCache | None, first_visible: int = 0) -> torch.Tensor:
+                kv: AttentionStore | None, first_visible: int = 0) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (_to_rows(m, h) for m in self.attn_norm(c))
         normed = _layer_norm(h) * (1 + scale1) + shift1
         h = h + gate1 * self.attn(normed, angles, mask, kv, first_visible)
@@ -406,7 +423,7 @@ class DiT(nn.Module):
 
     def run_layers(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor,
                    cond: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
-                   cache: DiTCache | None, kv: Sequence[KVCache] | None,
+                   cache: DiTCache | None, kv: Sequence[AttentionStore] | None,
                    first_visible: int = 0) -> torch.Tensor:
         """The estimator body with the positions and caches given explicitly.
 

@@ -71,8 +71,12 @@ class ConditionalFlowSampler(nn.Module):
         return self.rand_noise[:, :, start:start + frames].float()
 
     def solve(self, z: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-              velocity: VelocityFn, taps: Taps | None = None) -> torch.Tensor:
+              velocity: VelocityFn, taps: Taps | None = None,
+              t_span: torch.Tensor | None = None) -> torch.Tensor:
         """Integrate from noise z [B, 80, T] to a mel [B, 80, T] (fp32).
+
+        `t_span` is `self.t_span()` already on z's device (a CUDA graph capture cannot copy
+        it from the host); None computes it.
 
         Each step runs the estimator once on 2B rows, two per input row (interleaved):
         conditional, and unconditional with mu, speaker and cond zeroed;
@@ -86,7 +90,7 @@ class ConditionalFlowSampler(nn.Module):
         spks_in = _with_uncond(spks).to(dtype)  # [2B, 80]
         cond_in = _with_uncond(cond).to(dtype)
         rate = self.cfg.inference_cfg_rate
-        t_span = self.t_span().to(z.device)
+        t_span = self.t_span().to(z.device) if t_span is None else t_span
         x, t, dt = z.float(), t_span[0:1], t_span[1] - t_span[0]
         records: list[tuple[torch.Tensor, ...]] = []
         for step in range(1, len(t_span)):
