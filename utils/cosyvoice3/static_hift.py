@@ -65,7 +65,9 @@ class StaticHiftStep:
         self.held: set[int] = set()
         self._store: _Store | None = None
         self._rows = torch.zeros(config.max_batch, dtype=torch.long, device=hift.window.device)
-        # shares every module and parameter; only its sine_noise (a plain attribute) differs
+        # shares every module and parameter; only its sine_noise differs. That holds while
+        # sine_noise is a plain attribute: a registered buffer would be set in the shared dict
+        assert "sine_noise" not in hift._buffers, "static_hift expects a plain sine_noise attribute"
         self._view = copy.copy(hift)
 
     def accepts(self, slot: int, state: HiftState, mel: torch.Tensor) -> bool:
