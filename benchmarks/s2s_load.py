@@ -4,7 +4,8 @@
 Each client replays pre-encoded Ogg/Opus speech at real-time pace (20 ms frames, 2 per page,
 as the browser sends), ends the turn, and receives the reply, for several turns. Reported
 per N: end-of-turn to first-audio latency p50/p99, p99 gap between reply audio frames,
-errors, and the CPU seconds of the server (its process and children, e.g. the Opus codec)
+errors, and the CPU seconds of the server (its process and children, e.g. the Opus codec),
+of its main process alone (server_loop_cpu_s: the event loop, which one core must carry)
 and of the load generator, and the server's CPU seconds per session-minute (a minute of
 conversation at real time; a figure that does not depend on the load generator sharing the
 machine); then the largest N with p99 gap < 100 ms. The server runs as a subprocess on the
@@ -91,6 +92,7 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int,
                     server_pid: int | None = None) -> dict:
     stats = [ClientStats() for _ in range(n)]
     cpu_before = None if server_pid is None else process_tree_cpu_s(server_pid)
+    loop_before = None if server_pid is None else process_cpu_s(server_pid)
     loadgen_before = process_cpu_s(os.getpid())
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -99,6 +101,7 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int,
                                for i, s in enumerate(stats)))
         wall = time.perf_counter() - started
     cpu = None if server_pid is None or cpu_before is None else process_tree_cpu_s(server_pid) - cpu_before
+    loop_cpu = None if server_pid is None or loop_before is None else process_cpu_s(server_pid) - loop_before
     loadgen_cpu = process_cpu_s(os.getpid()) - loadgen_before
     # A session-minute is a minute of conversation at real time (user speech + reply audio),
     # so the figure does not grow when an overloaded server stretches every session's wall time.
@@ -115,6 +118,7 @@ async def run_level(url: str, n: int, pages: list[bytes], turns: int,
             "gap_p99_ms": pct(gaps, 99), "gap_max_ms": pct(gaps, 100), "errors": len(errors),
             "error_examples": sorted(set(errors))[:3], "wall_s": round(wall, 1),
             "server_cpu_s": None if cpu is None else round(cpu, 1),
+            "server_loop_cpu_s": None if loop_cpu is None else round(loop_cpu, 1),
             "loadgen_cpu_s": round(loadgen_cpu, 1),
             "cpu_s_per_session_min": None if cpu is None or not session_min else round(cpu / session_min, 3)}
 
@@ -142,8 +146,8 @@ def start_server(max_sessions: int, send_ahead: float, root: Path = ROOT,
 
 def print_table(rows: list[dict]) -> None:
     cols = ["sessions", "turns", "first_audio_p50_ms", "first_audio_p99_ms", "gap_p50_ms",
-            "gap_p99_ms", "gap_max_ms", "errors", "wall_s", "server_cpu_s", "loadgen_cpu_s",
-            "cpu_s_per_session_min"]
+            "gap_p99_ms", "gap_max_ms", "errors", "wall_s", "server_cpu_s", "server_loop_cpu_s",
+            "loadgen_cpu_s", "cpu_s_per_session_min"]
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(f"{row[c]!s:>{len(c)}}" for c in cols))

@@ -158,14 +158,19 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
 
 async def test_killed_opus_codec_fails_its_sessions_not_the_server(chat_server) -> None:
     client, connect = await chat_server(FakeEngine(audio_s=2.0))
-    chat = await connect()
-    await chat.turn(PAGES)
-    await chat.receive_until_audio()
     codecs = client.app[CHAT].codecs
-    os.kill(codecs.pid, signal.SIGKILL)  # mid-reply
+    assert len(codecs.processes) == 2  # the default pool
+    chat = await connect()  # its codec is in the first child, the bystander's in the second
+    bystander = await connect()
+    for c in (chat, bystander):
+        await c.turn(PAGES)
+        await c.receive_until_audio()
+    os.kill(codecs.processes[0].pid, signal.SIGKILL)  # mid-reply
     frames = await frames_until_close(chat)
     assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
     assert any(f[0] == 0x05 and b"internal server error" in f for f in frames)
+    rest = await bystander.receive_reply()
+    assert rest.final is not None and rest.errors == [] and len(rest.audio_pages) > 0
     other = await connect()  # a new child for the new session
     await other.turn(PAGES)
     reply = await other.receive_reply()

@@ -1,5 +1,6 @@
-"""The Opus codec process: the same audio as the inline codec both ways, streams kept apart,
-requests bigger than one read, and a child that dies or hangs fails only the streams it held."""
+"""The Opus codec processes: the same audio as the inline codec both ways, streams kept apart
+and spread over the pool, requests bigger than one read, and a child that dies or hangs fails
+only the streams it held."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from utils.ogg import split_ogg_pages
 from utils.opus import OpusStreamDecoder, decode_pages, encode_browser_pages
 from web_demo.server.errors import EngineDead
-from web_demo.server.opus_codec import CodecProcess, InlineCodec, SessionCodec
+from web_demo.server.opus_codec import CodecPool, CodecProcess, InlineCodec, SessionCodec
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -44,6 +45,30 @@ async def test_two_interleaved_streams_match_the_inline_encoder() -> None:
         b.close()
     finally:
         await encoders.aclose()
+
+
+async def test_the_pool_gives_each_stream_the_child_with_the_fewest() -> None:
+    pool = CodecPool(2)
+    try:
+        a, b, c = [await pool.open_stream() for _ in range(3)]
+        assert [p.open_streams for p in pool.processes] == [2, 1]
+        assert len({p.pid for p in pool.processes}) == 2  # two children, both started
+        a.close()
+        a.close()  # a second close frees nothing more
+        c.close()
+        assert [p.open_streams for p in pool.processes] == [0, 1]
+        d = await pool.open_stream()
+        assert [p.open_streams for p in pool.processes] == [1, 1]
+        pcm = speechlike(0.3, 3)
+        want = await encode_all(InlineCodec(), pcm)
+        assert decode_pages(split_ogg_pages(await encode_all(d, pcm))).size == \
+            decode_pages(split_ogg_pages(want)).size
+        b.close()
+        d.close()
+    finally:
+        await pool.aclose()
+    with pytest.raises(ValueError, match="at least one"):
+        CodecPool(0)
 
 
 async def test_mic_pages_decode_as_inline_and_bad_bytes_fail_only_their_request() -> None:

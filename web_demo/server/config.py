@@ -134,9 +134,11 @@ class ChatConfig:
     max_outbox_frames: int = flag(512, "frames queued for a client that does not read before its "
                                   "connection is cut", name="--max-outbox-frames")
     opus_codec: str = flag("process", "where /api/chat mic audio is Opus-decoded and reply audio "
-                           "encoded: one child process for all sessions (off the event loop, the "
-                           "cheaper way past ~100 sessions) or inline on the loop", name="--opus-codec",
+                           "encoded: in child processes shared by all sessions (off the event loop, "
+                           "the cheaper way past ~100 sessions) or inline on the loop", name="--opus-codec",
                            choices=("process", "inline"))
+    opus_codec_processes: int = flag(2, "codec child processes with --opus-codec process (each "
+                                     "carries ~250 sessions on one core)", name="--opus-codec-processes")
     write_timeout_s: float = flag(10.0, "a send blocked this long (client not reading) cuts the "
                                   "connection", name="--write-timeout")
     ws_heartbeat_s: float = flag(20.0, "WebSocket ping interval; a peer that misses its pong is closed",
@@ -168,6 +170,8 @@ class ChatConfig:
             raise ValueError("--send-ahead must be >= 0")
         if self.max_outbox_frames < 16:
             raise ValueError("--max-outbox-frames must be at least 16")
+        if self.opus_codec_processes < 1:
+            raise ValueError("--opus-codec-processes must be at least 1")
         for name, value in (("--ping-interval", self.ping_interval_s),
                             ("--max-turn-seconds", self.max_turn_s),
                             ("--write-timeout", self.write_timeout_s),

@@ -1,9 +1,11 @@
-"""Opus for /api/chat, off the event loop: one codec subprocess for all sessions.
+"""Opus for /api/chat, off the event loop: a few codec subprocesses shared by all sessions.
 
 Under load the Opus codec is most of a chat server's CPU (benchmarks/s2s_load.py --profile:
 the reply encoder, then the microphone decoder), and a thread cannot take it off the loop:
-the GIL handoffs cost more than the codec. So a child process holds every session's mic
-decoder and reply encoder, and the loop only writes bytes into a pipe and reads bytes back.
+the GIL handoffs cost more than the codec. So child processes hold the sessions' mic
+decoders and reply encoders (a session's both in one child, the child with the fewest open
+streams), and the loop only writes bytes into pipes and reads bytes back. One child is one
+core at most: at 250 sessions the codec needs about 0.9 of one, so the default pool is two.
 The requests of one event-loop turn leave in one write and the child answers everything it
 has read in one write, so the pipe costs a few system calls per loop turn, not per frame.
 
@@ -87,11 +89,27 @@ class InlineCodec:
         return None
 
 
+class CodecPool:
+    """The codec processes of a server; each starts with the first stream it is given."""
+
+    def __init__(self, size: int, *, hung_after_s: float = HUNG_AFTER_S) -> None:
+        if size < 1:
+            raise ValueError(f"a codec pool needs at least one process, got {size}")
+        self.processes = [CodecProcess(hung_after_s=hung_after_s) for _ in range(size)]
+
+    async def open_stream(self) -> ProcessCodec:
+        return await min(self.processes, key=lambda p: p.open_streams).open_stream()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(process.aclose() for process in self.processes))
+
+
 class CodecProcess:
     """The child process and the futures of the requests it has not answered yet."""
 
     def __init__(self, *, hung_after_s: float = HUNG_AFTER_S) -> None:
         self._hung_after_s = hung_after_s
+        self.open_streams = 0  # handed out and not closed yet, across restarts
         self._process: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the reply reader and the watchdog
         # (answer, loop time asked) of every request not answered yet, oldest first
@@ -110,6 +128,7 @@ class CodecProcess:
             if self._process is None or self._process.returncode is not None:
                 await self._start()
         assert self._process is not None
+        self.open_streams += 1
         return ProcessCodec(self, self._process, next(self._ids))
 
     async def _start(self) -> None:
@@ -215,6 +234,7 @@ class ProcessCodec:
         self._owner = owner
         self._process = process
         self._stream = stream
+        self._open = True
 
     async def decode(self, ogg: bytes) -> np.ndarray:
         return np.frombuffer(await self._ask(DECODE, ogg), np.float32)
@@ -231,6 +251,10 @@ class ProcessCodec:
         return await future
 
     def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._owner.open_streams -= 1
         with contextlib.suppress(EngineDead):  # a dead child holds no codec to free
             self._owner.request(self._process, self._stream, CLOSE)
 

@@ -211,8 +211,6 @@ class ChatSession:
         self._wire.close()
         if self._bad_frames > LOGGED_BAD_FRAMES:
             logger.info("session %s: %d bad frames in all", self.id, self._bad_frames)
-        if self._aborted:
-            logger.warning("session %s aborted: %s", self.id, self._aborted)
 
     async def _close_after_crash(self) -> None:
         farewell = Outgoing("error", text="internal server error; reconnect")
@@ -226,6 +224,7 @@ class ChatSession:
         """Cuts a client that does not read: a close frame would never reach it either."""
         if self._aborted is None:
             self._aborted = reason
+            logger.warning("session %s aborted: %s", self.id, reason)
             if self._transport is not None:
                 self._transport.abort()
 

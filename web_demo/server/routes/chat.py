@@ -20,7 +20,7 @@ from web_demo.server.errors import EngineDead
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
 from web_demo.server.middleware import REQUEST_ID
-from web_demo.server.opus_codec import CodecProcess, InlineCodec, SessionCodec
+from web_demo.server.opus_codec import CodecPool, InlineCodec, SessionCodec
 from web_demo.server.realtime import events as rt_events
 from web_demo.server.realtime.protocol import MAX_APPEND_B64_CHARS
 from web_demo.server.realtime.wire import RealtimeWire
@@ -45,7 +45,7 @@ class ChatRoute:
         self._metrics = metrics
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._vad_model = SileroVad()  # loaded when a first session asks for VAD; then shared
-        self.codecs = CodecProcess()  # started by the first /api/chat session
+        self.codecs = CodecPool(cfg.opus_codec_processes)  # each child starts with its first session
         metrics.sessions_active.set_function(lambda: len(self.sockets))
 
     @property
