@@ -294,3 +294,37 @@ async def test_queue_position_is_an_opt_in_extra(chat_server) -> None:
     assert (await plain.receive_reply()).metadata == []
     reply = await extra.receive_reply()
     assert {"type": "queue", "position": 3} in reply.metadata
+
+
+async def test_mic_pages_decoded_out_of_order_reach_the_turn_in_order(chat_server, monkeypatch) -> None:
+    """The wire reads on while pages are being decoded (several in flight at once); a slow
+    codec's answers, here in reverse order, are fed in the order the pages came, and endTurn
+    waits for all of them."""
+    from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+    from utils.opus import OpusStreamDecoder
+    from web_demo.server.opus_codec import InlineCodec
+
+    decode_inline = InlineCodec.decode
+    in_flight: list[int] = [0, 0]  # now, most
+
+    def late_decode(self, ogg: bytes) -> asyncio.Future[np.ndarray]:
+        pcm = decode_inline(self, ogg).result()
+        answer = asyncio.get_running_loop().create_future()
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        answer.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))
+        # each page is answered 5 ms sooner than the one before it
+        asyncio.get_running_loop().call_later(0.2 - 0.005 * min(in_flight[0], 39), answer.set_result, pcm)
+        return answer
+
+    monkeypatch.setattr(InlineCodec, "decode", late_decode)
+    engine = FakeEngine(audio_s=0.2)
+    _, connect = await chat_server(engine, opus_codec="inline")
+    chat = await connect()
+    await chat.turn(PAGES_1S)
+    assert (await chat.receive_reply()).final is not None
+    decoder = OpusStreamDecoder()
+    want = np.concatenate([decoder.decode(page) for page in PAGES_1S])
+    (request,) = engine.requests
+    np.testing.assert_array_equal(request.user_audio_16k, resample(want, WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE))
+    assert in_flight[1] > 5

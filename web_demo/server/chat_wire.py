@@ -1,8 +1,9 @@
 """The binary /api/chat protocol (protocol.py) spoken over a ChatSession.
 
 Client frames -> session calls: 0x01 Ogg pages -> the session's Opus decoder (continuous for
-the connection; opus_codec.py) -> feed_audio(); 0x03 start / endTurn / pause / restart; 0x04 metadata (system
-prompt, VAD, extras). Outbox items -> frames: the "[Processing...]" status text (upstream's;
+the connection; opus_codec.py) -> feed_audio(), in order, while later frames are read; 0x03
+start / endTurn / pause / restart and 0x04 metadata (system prompt, VAD, extras), each after
+the audio that came before it. Outbox items -> frames: the "[Processing...]" status text (upstream's;
 old clients display it), text pieces, reply audio -> its Opus encoder -> 0x01 pages, the
 "\\n[Final: ...]" text at the end of a reply, 0x05 errors, 0x06 pings, and the opt-in 0x04
 extras (transcripts, queue positions, latencies, VAD events) that old clients do not know.
@@ -13,6 +14,7 @@ a call comes out as 0x04 {"type": "tool_call", ...}, and metadata {"type": "tool
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -30,6 +32,7 @@ from web_demo.server.vad import VAD_KEYS, requested_vad
 logger = logging.getLogger(__name__)
 
 PROCESSING_TEXT = "[Processing...]"
+MIC_PAGES_IN_FLIGHT = 32  # 1.3 s of browser pages (40 ms each)
 EXTRA_TYPES = frozenset({"transcript", "queue", "latency", "vad"})  # the events extras carry
 
 
@@ -42,6 +45,9 @@ class ChatWire:
         self.extras = extras  # opt-in 0x04 frames that old clients do not know
         self.tools: tuple[Tool, ...] = ()  # offered to the model with every turn
         self._codec = codec or InlineCodec()
+        # mic pages sent to the codec and not fed to the session yet; a full queue stops
+        # reading the socket until the codec catches up
+        self._mic: asyncio.Queue[asyncio.Future[np.ndarray]] = asyncio.Queue(MIC_PAGES_IN_FLIGHT)
 
     def opening(self, session: ChatSession) -> list[Outgoing]:
         items = [Outgoing("frame", frame=protocol.HANDSHAKE_FRAME)]
@@ -52,6 +58,15 @@ class ChatWire:
     # ---- client frames -> session ---------------------------------------------------------
 
     async def receive(self, session: ChatSession) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:  # a feeder that fails ends the session
+                feeder = tasks.create_task(self._feed_mic(session), name=f"mic-{session.id}")
+                await self._read(session)
+                feeder.cancel()  # the client is gone: audio still in flight joins no turn
+        finally:
+            self._drop_mic()
+
+    async def _read(self, session: ChatSession) -> None:
         async for msg in session.ws:
             session.touch()
             try:
@@ -67,20 +82,43 @@ class ChatWire:
 
     async def _on_message(self, session: ChatSession, message: protocol.ClientMessage) -> None:
         if isinstance(message, AudioIn):
-            await session.feed_audio(await self._decode(message.ogg))
-        elif isinstance(message, ControlIn):
+            # Decoded even while not recording: the decoder is continuous for the connection.
+            # The next pages are read while these are decoded: awaiting each page's decode
+            # before reading on would fall behind the microphone once a round trip to the
+            # codec process took longer than a page lasts (40 ms), and the lag would grow
+            # over the whole turn.
+            await self._mic.put(self._codec.decode(message.ogg))
+            return
+        await self._mic.join()  # controls and metadata act after the audio sent before them
+        if isinstance(message, ControlIn):
             await self._on_control(session, message.action)
         elif isinstance(message, MetadataIn):
             await self._on_metadata(session, message.data)
         elif isinstance(message, Ignored):
             logger.debug("session %s: ignored %s frame", session.id, message.kind.name)
 
-    async def _decode(self, ogg: bytes) -> np.ndarray:
-        # Decoded even while not recording: the decoder is continuous for the connection.
+    async def _feed_mic(self, session: ChatSession) -> None:
+        """The decoded mic pages to the session, in the order they came."""
+        while True:
+            pcm = await self._mic.get()
+            try:
+                await session.feed_audio(await self._decoded(pcm))
+            except ProtocolError as exc:
+                session.bad_frame(exc)
+            finally:
+                self._mic.task_done()
+
+    @staticmethod
+    async def _decoded(pcm: asyncio.Future[np.ndarray]) -> np.ndarray:
         try:
-            return await self._codec.decode(ogg)
+            return await pcm
         except ValueError as exc:
             raise ProtocolError(f"audio could not be decoded ({exc}); the frame was dropped") from None
+
+    def _drop_mic(self) -> None:
+        while not self._mic.empty():
+            self._mic.get_nowait().cancel()
+            self._mic.task_done()
 
     async def _on_control(self, session: ChatSession, action: Control) -> None:
         logger.info("session %s: control %s", session.id, action.name)

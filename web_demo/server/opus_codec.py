@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -52,9 +53,10 @@ _READ_BYTES = 1 << 20  # the child reads whatever has arrived, up to this
 class SessionCodec(Protocol):
     """One session's continuous mic stream (Ogg/Opus in) and reply stream (Ogg/Opus out)."""
 
-    async def decode(self, ogg: bytes) -> np.ndarray:
-        """Float32 PCM at 24 kHz of these mic pages; ValueError on bytes the decoder rejects
-        (the stream goes on with later pages)."""
+    def decode(self, ogg: bytes) -> asyncio.Future[np.ndarray]:
+        """Starts decoding these mic pages (in the order asked); the future gets float32 PCM
+        at 24 kHz, or ValueError on bytes the decoder rejects (the stream goes on with later
+        pages). A caller may ask for the next pages before this answer is in."""
         ...
 
     async def encode(self, pcm_24k: np.ndarray) -> bytes:
@@ -76,8 +78,13 @@ class InlineCodec:
         self._decoder = OpusStreamDecoder()
         self._encoder = OpusStreamEncoder()
 
-    async def decode(self, ogg: bytes) -> np.ndarray:
-        return self._decoder.decode(ogg)
+    def decode(self, ogg: bytes) -> asyncio.Future[np.ndarray]:
+        pcm = asyncio.get_running_loop().create_future()
+        try:
+            pcm.set_result(self._decoder.decode(ogg))
+        except ValueError as exc:
+            pcm.set_exception(exc)
+        return pcm
 
     async def encode(self, pcm_24k: np.ndarray) -> bytes:
         return self._encoder.encode(pcm_24k)
@@ -236,8 +243,12 @@ class ProcessCodec:
         self._stream = stream
         self._open = True
 
-    async def decode(self, ogg: bytes) -> np.ndarray:
-        return np.frombuffer(await self._ask(DECODE, ogg), np.float32)
+    def decode(self, ogg: bytes) -> asyncio.Future[np.ndarray]:
+        answer = self._owner.request(self._process, self._stream, DECODE, ogg)
+        assert answer is not None
+        pcm: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(functools.partial(_as_pcm, pcm))
+        return pcm
 
     async def encode(self, pcm_24k: np.ndarray) -> bytes:
         return await self._ask(ENCODE, np.ascontiguousarray(pcm_24k, dtype=np.float32).tobytes())
@@ -257,6 +268,20 @@ class ProcessCodec:
         self._owner.open_streams -= 1
         with contextlib.suppress(EngineDead):  # a dead child holds no codec to free
             self._owner.request(self._process, self._stream, CLOSE)
+
+
+def _as_pcm(pcm: asyncio.Future[np.ndarray], answer: asyncio.Future[bytes]) -> None:
+    """Passes the child's answer (float32 bytes) on to the session's future as an array."""
+    if answer.cancelled():
+        pcm.cancel()
+        return
+    exc = answer.exception()  # retrieved even when nobody waits for it any more
+    if pcm.cancelled():
+        return
+    if exc is not None:
+        pcm.set_exception(exc)
+    else:
+        pcm.set_result(np.frombuffer(answer.result(), np.float32))
 
 
 class _ChildCodecs:
