@@ -243,11 +243,9 @@ class HiftGenerator(nn.Module):
             phase = torch.sin(y[:, bins:])
             spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
             frames = torch.fft.irfft(spec, n=n_fft, dim=1) * self.window.view(1, -1, 1)  # [B, n_fft, k]
-            env = (self.window**2).view(1, -1, 1).expand(rows, n_fft, k)
-            # [B, 2, n_fft, k] -> [2B, n_fft, k]: per row, signal then window envelope
-            both = torch.stack([frames, env], dim=1).flatten(0, 1)
-            ola = F.fold(both, output_size=(1, (k - 1) * hop + n_fft), kernel_size=(1, n_fft),
-                         stride=(1, hop)).view(rows, 2, -1)  # [2B, 1, 1, L] -> [B, 2, L]
+            # the window envelope is the same for every row: overlap-add it once
+            env = _overlap_add((self.window**2).view(1, -1, 1).expand(1, n_fft, k), hop)  # [1, L]
+            ola = torch.stack([_overlap_add(frames, hop), env.expand(rows, -1)], dim=1)  # [B, 2, L]
             ola[:, :, :overlap] += state.ola_tail
             done, state.ola_tail = ola[:, :, : k * hop], ola[:, :, k * hop:]
         else:
@@ -259,6 +257,22 @@ class HiftGenerator(nn.Module):
         state.ola_positions += done.shape[2]
         done = done[:, :, skip:]
         return (done[:, 0] / done[:, 1]).float()
+
+
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """Frames [B, n_fft, k] placed every `hop` samples and summed -> [B, (k - 1) hop + n_fft].
+
+    n_fft / hop shifted adds of whole hop-long pieces: F.fold (col2im) does the same sum
+    element by element and cost 10 ms a call on 16 stacked rows.
+    """
+    rows, n_fft, k = frames.shape
+    per = n_fft // hop
+    assert per * hop == n_fft, (n_fft, hop)
+    pieces = frames.view(rows, per, hop, k).transpose(2, 3)  # [B, per, k, hop]
+    out = frames.new_zeros(rows, k + per - 1, hop)
+    for j in range(per):
+        out[:, j:j + k] += pieces[:, j]
+    return out.flatten(1)  # [B, k + per - 1, hop] -> [B, L]
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
