@@ -6,8 +6,9 @@ the GIL handoffs cost more than the codec. So child processes hold the sessions'
 decoders and reply encoders (a session's both in one child, the child with the fewest open
 streams), and the loop only writes bytes into pipes and reads bytes back. One child is one
 core at most: at 250 sessions the codec needs about 0.9 of one, so the default pool is two.
-The requests of one event-loop turn leave in one write and the child answers everything it
-has read in one write, so the pipe costs a few system calls per loop turn, not per frame.
+The requests of one event-loop turn leave in one write and the child answers what it has
+read in a write every REPLY_EVERY_S, so the pipe costs a few system calls per loop turn, not
+per frame.
 
 Pipe format, little-endian: a request is (stream u32, op u8, length u32) + payload (ENCODE:
 float32 PCM at 24 kHz; DECODE: Ogg pages; FLUSH, CLOSE: none); a reply is (stream u32, ok u8,
@@ -32,6 +33,7 @@ import logging
 import os
 import struct
 import sys
+import time
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -48,6 +50,9 @@ HUNG_AFTER_S = 5.0  # a 40 ms frame takes well under a millisecond either way
 # machine; the hung timer must not count it.
 STARTUP_TIMEOUT_S = 30.0
 _READ_BYTES = 1 << 20  # the child reads whatever has arrived, up to this
+# A read under load brings hundreds of requests (tens of ms of work): answers go out every
+# few ms, so the first ones do not wait for the last (a reply frame waits for its answer).
+REPLY_EVERY_S = 0.002
 
 
 class SessionCodec(Protocol):
@@ -314,8 +319,8 @@ class _ChildCodecs:
 
 
 def serve(requests_fd: int, replies: BinaryIO) -> None:
-    """The child's loop: answers, in one write, every whole request each read brings, until
-    its input ends."""
+    """The child's loop: answers every whole request each read brings, in writes of the
+    answers ready each REPLY_EVERY_S, until its input ends."""
     codecs = _ChildCodecs()
     replies.write(HEADER.pack(0, 1, 0))  # ready
     replies.flush()
@@ -324,18 +329,26 @@ def serve(requests_fd: int, replies: BinaryIO) -> None:
         buffer += chunk
         out = bytearray()
         pos = 0
+        due = time.perf_counter() + REPLY_EVERY_S
         while len(buffer) - pos >= HEADER.size:
             stream, op, length = HEADER.unpack_from(buffer, pos)
             end = pos + HEADER.size + length
             if end > len(buffer):
                 break  # the rest of this request comes with a later read
-            reply = codecs.answer(stream, op, bytes(buffer[pos + HEADER.size:end]))
-            out += reply or b""
+            out += codecs.answer(stream, op, bytes(buffer[pos + HEADER.size:end])) or b""
             pos = end
+            if time.perf_counter() >= due:
+                _write(replies, out)
+                due = time.perf_counter() + REPLY_EVERY_S
         del buffer[:pos]
-        if out:
-            replies.write(out)
-            replies.flush()
+        _write(replies, out)
+
+
+def _write(replies: BinaryIO, out: bytearray) -> None:
+    if out:
+        replies.write(out)
+        replies.flush()
+        out.clear()
 
 
 if __name__ == "__main__":
