@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from utils.funaudiochat.static_decode import CudaGraphRunner, EagerRunner, StepRunner, span_for
+from utils.funaudiochat.static_decode import BatchBuckets, CudaGraphRunner, EagerRunner, StepRunner, span_for
 
 from .dit import DiTCache
 from .flow import CausalFlow
@@ -41,7 +41,7 @@ _TAIL = 30  # frames of history each causal positional conv keeps (kernel 31, di
 
 
 @dataclass(frozen=True)
-class StaticVocoderConfig:
+class StaticVocoderConfig(BatchBuckets):
     """Shapes and execution of the static token2wav path (flow here, HiFT in static_hift.py)."""
 
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # streams per flow solve / HiFT step
@@ -54,24 +54,11 @@ class StaticVocoderConfig:
     warmup: int = 2  # eager runs of a piece before its capture
 
     def __post_init__(self) -> None:
-        buckets = self.batch_buckets
-        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-            raise ValueError(f"batch_buckets must be increasing positive sizes, not {buckets}")
+        self.check_buckets()
         if not 1 <= self.min_span <= self.max_frames:
             raise ValueError("1 <= min_span <= max_frames is required")
         if self.max_streams < 1 or self.warmup < 1:
             raise ValueError("max_streams and warmup must be >= 1")
-
-    @property
-    def max_batch(self) -> int:
-        return self.batch_buckets[-1]
-
-    def bucket(self, n: int) -> int:
-        """The smallest bucket holding n rows."""
-        for b in self.batch_buckets:
-            if b >= n:
-                return b
-        raise ValueError(f"{n} rows exceed the largest batch bucket {self.max_batch}")
 
 
 def make_runner(config: StaticVocoderConfig, device: torch.device) -> StepRunner:

@@ -37,8 +37,30 @@ from .loading import FunAudioChatRuntime
 logger = logging.getLogger(__name__)
 
 
+class BatchBuckets:
+    """A static config's batch sizes: n rows run padded up to the smallest bucket >= n."""
+
+    batch_buckets: tuple[int, ...]
+
+    def check_buckets(self) -> None:
+        buckets = self.batch_buckets
+        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be increasing positive sizes, not {buckets}")
+
+    @property
+    def max_batch(self) -> int:
+        return self.batch_buckets[-1]
+
+    def bucket(self, n: int) -> int:
+        """The smallest bucket holding n rows."""
+        for b in self.batch_buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"{n} rows exceed the largest batch bucket {self.max_batch}")
+
+
 @dataclass(frozen=True)
-class StaticDecodeConfig:
+class StaticDecodeConfig(BatchBuckets):
     """Shapes and execution of the static decode path.
 
     Memory: the LM cache holds max(batch_buckets) x max_len positions and the CRQ cache G times
@@ -55,24 +77,11 @@ class StaticDecodeConfig:
     warmup: int = 2  # eager runs of a piece before its capture (lazy init, autotuning)
 
     def __post_init__(self) -> None:
-        buckets = self.batch_buckets
-        if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-            raise ValueError(f"batch_buckets must be increasing positive sizes, not {buckets}")
+        self.check_buckets()
         if not 1 <= self.min_span <= self.max_len:
             raise ValueError("1 <= min_span <= max_len is required")
         if self.warmup < 1:
             raise ValueError("warmup must be >= 1 (a capture needs its lazy state made first)")
-
-    @property
-    def max_batch(self) -> int:
-        return self.batch_buckets[-1]
-
-    def bucket(self, n: int) -> int:
-        """The smallest bucket holding n rows."""
-        for b in self.batch_buckets:
-            if b >= n:
-                return b
-        raise ValueError(f"{n} rows exceed the largest batch bucket {self.max_batch}")
 
 
 def span_for(needed: int, min_span: int, max_len: int) -> int:
