@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .config import HiftConfig
 from .dit import DiT, DiTCache, KVCache, append_stacked
+from .flow import CausalFlow
 from .hift import HiftState
 from .streaming import CachedStream, Token2Wav, Token2WavStream
 
@@ -138,17 +139,12 @@ class BatchedToken2Wav:
     def _flow_chunks(self, rows: list[tuple[_Job, int]]) -> list[torch.Tensor | None]:
         """Mels [1, 80, 2n] of chunks with the same length n, one solve for all rows."""
         flow = self.model.flow
-        ratio = flow.cfg.token_mel_ratio
         mus, zs, ok = [], [], []
         for job, end in rows:
-            s = job.stream
-            try:
-                zs.append(flow.decoder.noise(ratio * s.done, ratio * (end - s.done)))
-            except ValueError as exc:  # longer than the noise buffer: only this stream fails
-                job.error = exc
-                continue
-            mus.append(flow.chunk_condition(s.tokens, s.done, end))
-            ok.append((job, end))
+            if (inputs := _chunk_inputs(flow, job, end)) is not None:
+                zs.append(inputs[0])
+                mus.append(inputs[1])
+                ok.append((job, end))
         if not ok:
             return [None] * len(rows)
         if len(ok) == 1:  # a lone row takes the stream's own path: same cost, same numbers
@@ -206,6 +202,19 @@ class BatchedToken2Wav:
 
 
 # ---- helpers ------------------------------------------------------------------------
+
+def _chunk_inputs(flow: CausalFlow, job: _Job, end: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The noise and condition of the stream's chunk up to token `end`, or None when the chunk
+    is longer than the noise buffer: then only this stream fails (its job holds the error)."""
+    s = job.stream
+    ratio = flow.cfg.token_mel_ratio
+    try:
+        z = flow.decoder.noise(ratio * s.done, ratio * (end - s.done))
+    except ValueError as exc:
+        job.error = exc
+        return None
+    return z, flow.chunk_condition(s.tokens, s.done, end)
+
 
 def _accept(work: StreamWork) -> Exception | None:
     """Append the tokens as push() would; a finalized stream fails like push() does."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from utils.funaudiochat.static_decode import BatchBuckets, CudaGraphRunner, EagerRunner, StepRunner, span_for
+from utils.funaudiochat.static_decode import BatchBuckets, StepRunner, span_for
 
 from .dit import DiTCache
 from .flow import CausalFlow
@@ -59,15 +59,6 @@ class StaticVocoderConfig(BatchBuckets):
             raise ValueError("1 <= min_span <= max_frames is required")
         if self.max_streams < 1 or self.warmup < 1:
             raise ValueError("max_streams and warmup must be >= 1")
-
-
-def make_runner(config: StaticVocoderConfig, device: torch.device) -> StepRunner:
-    backend = config.compile_backend if config.compile else None
-    if config.cuda_graphs and device.type == "cuda":
-        return CudaGraphRunner(warmup=config.warmup, compile_backend=backend)
-    if config.cuda_graphs:
-        logger.info("CUDA graphs asked for on %s: the static vocoder runs eagerly", device)
-    return EagerRunner(compile_backend=backend)
 
 
 class FlowSlots:

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from utils.funaudiochat.static_decode import StepRunner
+from utils.funaudiochat.static_decode import StepRunner, make_runner
 
-from .batched_stream import BatchedToken2Wav, StreamWork, _hift_signature, _Job
-from .static_flow import StaticFlowSolver, StaticVocoderConfig, make_runner
+from .batched_stream import BatchedToken2Wav, StreamWork, _chunk_inputs, _hift_signature, _Job
+from .static_flow import StaticFlowSolver, StaticVocoderConfig
 from .static_hift import StaticHiftStep
 from .streaming import Token2Wav, Token2WavStream
 
@@ -93,21 +93,14 @@ class StaticToken2Wav(BatchedToken2Wav):
     def _flow_chunks(self, rows: list[tuple[_Job, int]]) -> list[torch.Tensor | None]:
         """Mels [1, 80, 2n] of chunks with the same length n, one static solve for all rows."""
         flow = self.model.flow
-        ratio = flow.cfg.token_mel_ratio
         slots, zs, mus, ok = [], [], [], []
         for job, end in rows:
-            s = job.stream
             slot = self._slot(job)
-            if slot is None:
-                continue
-            try:
-                zs.append(flow.decoder.noise(ratio * s.done, ratio * (end - s.done)))
-            except ValueError as exc:  # longer than the noise buffer: only this stream fails
-                job.error = exc
-                continue
-            mus.append(flow.chunk_condition(s.tokens, s.done, end))
-            slots.append(slot)
-            ok.append((job, end))
+            if slot is not None and (inputs := _chunk_inputs(flow, job, end)) is not None:
+                zs.append(inputs[0])
+                mus.append(inputs[1])
+                slots.append(slot)
+                ok.append((job, end))
         if not ok:
             return [None] * len(rows)
         mel = self.flow_solver.solve(slots, zs, mus, [job.stream.spks for job, _ in ok])

@@ -282,12 +282,25 @@ class CudaGraphRunner:
         self._compiled.reset()
 
 
-def make_runner(config: StaticDecodeConfig, device: torch.device) -> StepRunner:
+class RunnerSettings(Protocol):
+    """How a static config's pieces run (StaticDecodeConfig, cosyvoice3's StaticVocoderConfig)."""
+
+    @property
+    def cuda_graphs(self) -> bool: ...
+    @property
+    def compile(self) -> bool: ...
+    @property
+    def compile_backend(self) -> str: ...
+    @property
+    def warmup(self) -> int: ...
+
+
+def make_runner(config: RunnerSettings, device: torch.device) -> StepRunner:
     backend = config.compile_backend if config.compile else None
     if config.cuda_graphs and device.type == "cuda":
         return CudaGraphRunner(warmup=config.warmup, compile_backend=backend)
     if config.cuda_graphs:
-        logger.info("CUDA graphs asked for on %s: the static decode step runs eagerly", device)
+        logger.info("CUDA graphs asked for on %s: the static steps run eagerly", device)
     return EagerRunner(compile_backend=backend)
 
 
