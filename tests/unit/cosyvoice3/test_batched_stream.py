@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
 
 from tests.cv3_golden import FLOW_ATOL, MODEL_DIR, SINE_SAMPLES, SPEECH_ATOL, assert_close
+from tests.cv3_plans import Plan
 from utils.cosyvoice3 import Token2Wav
 from utils.cosyvoice3.batched_stream import BatchedToken2Wav, StreamWork
 from utils.cosyvoice3.streaming import CachedStream
-
-
-@dataclass
-class Plan:
-    """One reply: its tokens, speaker, when it joins, how many tokens each round brings."""
-
-    n_tokens: int
-    start: int  # round it joins
-    push: int  # tokens per round
-    seed: int
-    cancel_at: int | None = None  # round after which it is dropped without finalize
-    finish_alone: bool = False  # finalize in a round of its own, with no tokens (as the worker does)
-
-    def tokens(self) -> list[int]:
-        return np.random.default_rng(self.seed).integers(0, 6561, self.n_tokens).tolist()
-
-    def embedding(self) -> np.ndarray:
-        return np.random.default_rng(100 + self.seed).standard_normal(192).astype(np.float32)
-
-    def groups(self) -> list[list[int]]:
-        t = self.tokens()
-        return [t[i:i + self.push] for i in range(0, len(t), self.push)]
-
 
 PLANS = [
     Plan(n_tokens=130, start=0, push=25, seed=1),  # chunk-aligned pushes

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
 from tests.cv3_golden import MODEL_DIR, SINE_SAMPLES, SPEECH_ATOL, assert_close
+from tests.cv3_plans import Plan
 from utils.cosyvoice3 import Token2Wav
 from utils.cosyvoice3.batched_stream import StreamWork
 from utils.cosyvoice3.static_flow import StaticVocoderConfig
@@ -47,27 +47,6 @@ class WarmupRunner:
     def reset(self) -> None:
         self._seen.clear()
         self.resets += 1
-
-
-@dataclass
-class Plan:
-    """One reply: its tokens, speaker, when it joins, how many tokens each round brings."""
-
-    n_tokens: int
-    start: int  # round it joins
-    push: int  # tokens per round
-    seed: int
-    cancel_at: int | None = None  # round after which it is dropped without finalize
-
-    def tokens(self) -> list[int]:
-        return [int(t) for t in np.random.default_rng(self.seed).integers(0, 6561, self.n_tokens)]
-
-    def embedding(self) -> np.ndarray:
-        return np.random.default_rng(100 + self.seed).standard_normal(192).astype(np.float32)
-
-    def groups(self) -> list[list[int]]:
-        t = self.tokens()
-        return [t[i:i + self.push] for i in range(0, len(t), self.push)]
 
 
 def _alone(model: Token2Wav, plan: Plan) -> list[np.ndarray]:
