@@ -76,8 +76,10 @@ async def one_client(http: aiohttp.ClientSession, url: str, pages: list[bytes], 
                      stats: ClientStats, start_delay_s: float) -> None:
     await asyncio.sleep(start_delay_s)  # stagger connections like real users
     try:
-        # decode=False: the load generator shares the machine, so it skips decoding replies
-        async with await ChatClient.connect(url, http=http, decode=False, timeout_s=30) as chat:
+        # decode=False: the load generator shares the machine, so it skips decoding replies;
+        # compress=15: the handshake offers permessage-deflate, as every browser's does
+        async with await ChatClient.connect(url, http=http, decode=False, compress=15,
+                                            timeout_s=30) as chat:
             for _ in range(turns):
                 reply = await chat.ask(pages, realtime=True, timeout=60)
                 if reply.first_audio_s is not None:

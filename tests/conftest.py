@@ -33,8 +33,8 @@ def chat_server(aiohttp_client: Any) -> ChatFactory:
         if wait_ready:
             await asyncio.wait_for(app[LIFECYCLE].started.wait(), 60)
 
-        async def connect(query: str = "", handshake: bool = True) -> ChatClient:
-            ws = await client.ws_connect("/api/chat" + query)
+        async def connect(query: str = "", handshake: bool = True, compress: int = 0) -> ChatClient:
+            ws = await client.ws_connect("/api/chat" + query, compress=compress)
             chat = ChatClient(ws)
             if handshake:
                 assert await chat.handshake() == b"\x00\x00\x00"

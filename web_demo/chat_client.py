@@ -113,14 +113,17 @@ class ChatClient:
     @classmethod
     async def connect(cls, url: str, *, api_key: str | None = None, extras: bool = False,
                       http: aiohttp.ClientSession | None = None, handshake: bool = True,
-                      decode: bool = True, timeout_s: float = 10.0) -> ChatClient:
+                      decode: bool = True, compress: int = 0,
+                      timeout_s: float = 10.0) -> ChatClient:
         """Opens `url` (ws://host:port/api/chat) and, unless `handshake=False`, checks the
-        server's handshake frame. Without `http` the client makes and owns a session."""
+        server's handshake frame. Without `http` the client makes and owns a session.
+        `compress=15` offers permessage-deflate, as browsers do."""
         own = http is None
         session = aiohttp.ClientSession() if http is None else http
         try:
             ws = await session.ws_connect(chat_url(url, api_key=api_key, extras=extras),
-                                          timeout=aiohttp.ClientWSTimeout(ws_close=10.0))
+                                          timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
+                                          compress=compress)
             chat = cls(ws, decode=decode, http=session if own else None)
         except BaseException:
             if own:

@@ -187,6 +187,14 @@ async def test_max_sessions_refuses_with_1013_and_admitted_unaffected(chat_serve
     assert health["sessions"] == {"active": 2, "max": 2}
 
 
+async def test_permessage_deflate_that_browsers_offer_is_declined(chat_server) -> None:
+    _, connect = await chat_server(FakeEngine(audio_s=0.2))
+    chat = await connect(compress=15)
+    assert chat.ws.compress == 0  # Opus frames go out as they are, not deflated per frame
+    await chat.turn(PAGES_1S)
+    assert (await chat.receive_reply()).final is not None
+
+
 async def test_concurrent_sessions_each_get_only_their_reply(chat_server) -> None:
     from web_demo.server.engines.base import TextDelta
 

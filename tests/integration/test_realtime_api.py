@@ -245,6 +245,13 @@ async def test_the_beta_header_gets_a_beta_session_created(chat_server: Any) -> 
     assert "output_modalities" in json.loads((await plain.receive(timeout=5)).data)["session"]
 
 
+async def test_permessage_deflate_is_declined(chat_server: Any) -> None:
+    client, _ = await start(chat_server)
+    ws = await client.ws_connect("/v1/realtime?model=m", compress=15)
+    assert ws.compress == 0
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "session.created"
+
+
 async def test_a_text_only_response(chat_server: Any) -> None:
     client, _ = await start(chat_server, FakeEngine(audio_s=0.4))
     async with connect(client.server.port) as conn:

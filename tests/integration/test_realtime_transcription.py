@@ -106,6 +106,13 @@ async def test_without_turn_detection_a_commit_cuts_the_segment(asr_app) -> None
     assert abs(len(request.pcm_16k) / 16000 - 1.0) < 0.05  # 8 kHz u-law in, 1 s heard
 
 
+async def test_permessage_deflate_is_declined(asr_app) -> None:
+    client = await asr_app(models=AsrModels({"fake-asr": FakeAsr(text="plain")}))
+    ws = await client.ws_connect("/v1/realtime?intent=transcription", compress=15)
+    assert ws.compress == 0
+    assert json.loads((await ws.receive(timeout=5)).data)["type"] == "session.created"
+
+
 async def test_bad_events_get_error_events_and_the_session_goes_on(asr_app) -> None:
     asr = FakeAsr(text="still here")
     client = await asr_app(models=AsrModels({"fake-asr": asr}))

@@ -36,7 +36,9 @@ class RealtimeTranscriptionRoute:
         app.on_shutdown.append(self._close_sockets)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=20 * 1024 * 1024, heartbeat=20.0)  # > one 15 MiB append
+        # > one 15 MiB append; compress=False declines permessage-deflate: base64 audio does
+        # not shrink enough to pay for inflating every append
+        ws = web.WebSocketResponse(max_msg_size=20 * 1024 * 1024, heartbeat=20.0, compress=False)
         await ws.prepare(request)
         if len(self.sockets) >= self._cfg.max_realtime_sessions:
             self._metrics.sessions.labels("refused").inc()

@@ -102,8 +102,11 @@ class ChatRoute:
     async def _upgrade(self, request: web.Request, *,
                        max_frame_bytes: int | None = None) -> web.WebSocketResponse:
         # aiohttp refuses a frame of exactly max_msg_size; the limit we document is inclusive.
+        # compress=False declines the permessage-deflate every browser offers: Opus and base64
+        # audio do not shrink, and deflating each frame both ways cost the loop about half
+        # again its CPU (benchmarks/s2s_load.py).
         ws = web.WebSocketResponse(max_msg_size=(max_frame_bytes or self._cfg.max_frame_bytes) + 1,
-                                   heartbeat=self._cfg.ws_heartbeat_s)
+                                   heartbeat=self._cfg.ws_heartbeat_s, compress=False)
         await ws.prepare(request)
         return ws
 
