@@ -1,10 +1,11 @@
 """Ogg/Opus at 24 kHz, the audio format of /api/chat in both directions.
 
 The server keeps one continuous stream per connection and direction: sphn decodes the
-client's; the reply stream is libopus through PyAV (whose encoder, unlike sphn's, takes a
-complexity and releases the GIL), paged by utils/ogg.py. The browser-style encoder (20 ms
-frames, 2 per Ogg page, as opus-recorder in the upstream client sends) is for test clients,
-scripts and benchmarks.
+client's (the server asks for the model's 16 kHz: libopus decodes at any of its rates, more
+cheaply than at 24 kHz plus a resample); the reply stream is libopus through PyAV (whose
+encoder, unlike sphn's, takes a complexity and releases the GIL), paged by utils/ogg.py. The
+browser-style encoder (20 ms frames, 2 per Ogg page, as opus-recorder in the upstream client
+sends) is for test clients, scripts and benchmarks.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ OPUS_COMPLEXITY = 5
 
 
 class OpusStreamDecoder:
-    """Decodes one connection's continuous Ogg/Opus stream into float32 PCM at 24 kHz."""
+    """Decodes one connection's continuous Ogg/Opus stream into float32 PCM at `sample_rate`
+    (24 kHz by default; 8, 12, 16 and 48 kHz too)."""
 
-    def __init__(self) -> None:
-        self._reader = sphn.OpusStreamReader(WIRE_SAMPLE_RATE)
+    def __init__(self, sample_rate: int = WIRE_SAMPLE_RATE) -> None:
+        self._sample_rate = sample_rate
+        self._reader = sphn.OpusStreamReader(sample_rate)
 
     def decode(self, ogg: bytes) -> np.ndarray:
         """Raises ValueError on bytes the reader rejects; the stream goes on with later pages.
@@ -43,7 +46,7 @@ class OpusStreamDecoder:
         try:
             pcm = self._reader.append_bytes(ogg)
         except ValueError:
-            self._reader = sphn.OpusStreamReader(WIRE_SAMPLE_RATE)
+            self._reader = sphn.OpusStreamReader(self._sample_rate)
             raise
         return np.asarray(pcm, dtype=np.float32)
 

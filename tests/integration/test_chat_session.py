@@ -308,9 +308,8 @@ async def test_mic_pages_decoded_out_of_order_reach_the_turn_in_order(chat_serve
     """The wire reads on while pages are being decoded (several in flight at once); a slow
     codec's answers, here in reverse order, are fed in the order the pages came, and endTurn
     waits for all of them."""
-    from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
     from utils.opus import OpusStreamDecoder
-    from web_demo.server.opus_codec import InlineCodec
+    from web_demo.server.opus_codec import MIC_SAMPLE_RATE, InlineCodec
 
     decode_inline = InlineCodec.decode
     in_flight: list[int] = [0, 0]  # now, most
@@ -331,8 +330,8 @@ async def test_mic_pages_decoded_out_of_order_reach_the_turn_in_order(chat_serve
     chat = await connect()
     await chat.turn(PAGES_1S)
     assert (await chat.receive_reply()).final is not None
-    decoder = OpusStreamDecoder()
+    decoder = OpusStreamDecoder(MIC_SAMPLE_RATE)
     want = np.concatenate([decoder.decode(page) for page in PAGES_1S])
     (request,) = engine.requests
-    np.testing.assert_array_equal(request.user_audio_16k, resample(want, WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE))
+    np.testing.assert_array_equal(request.user_audio_16k, want)
     assert in_flight[1] > 5

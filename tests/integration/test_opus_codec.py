@@ -15,7 +15,7 @@ import pytest
 from utils.ogg import split_ogg_pages
 from utils.opus import OpusStreamDecoder, decode_pages, encode_browser_pages
 from web_demo.server.errors import EngineDead
-from web_demo.server.opus_codec import CodecPool, CodecProcess, InlineCodec, SessionCodec
+from web_demo.server.opus_codec import MIC_SAMPLE_RATE, CodecPool, CodecProcess, InlineCodec, SessionCodec
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -76,9 +76,11 @@ async def test_mic_pages_decode_as_inline_and_bad_bytes_fail_only_their_request(
     try:
         a, b = await codecs.open_stream(), await codecs.open_stream()
         pages_a, pages_b = encode_browser_pages(speechlike(0.6, 1)), encode_browser_pages(speechlike(0.6, 2))
-        inline_a, inline_b = OpusStreamDecoder(), OpusStreamDecoder()
+        inline_a, inline_b = OpusStreamDecoder(MIC_SAMPLE_RATE), OpusStreamDecoder(MIC_SAMPLE_RATE)
+        heard_b = 0
         for i, (page_a, page_b) in enumerate(zip(pages_a, pages_b, strict=False)):
             got_a, got_b = await asyncio.gather(a.decode(page_a), b.decode(page_b))
+            heard_b += len(got_b)
             np.testing.assert_array_equal(got_a, inline_a.decode(page_a))
             np.testing.assert_array_equal(got_b, inline_b.decode(page_b))
             if i == 4:  # a's decoder starts over, as the inline one does; b's is untouched
@@ -88,6 +90,7 @@ async def test_mic_pages_decode_as_inline_and_bad_bytes_fail_only_their_request(
                 with pytest.raises(ValueError):
                     await a.decode(garbage)
         assert len(got_a) > 0  # the fresh decoder goes on with the stream's later pages
+        assert abs(heard_b - 0.6 * MIC_SAMPLE_RATE) < 0.05 * MIC_SAMPLE_RATE  # at the model's rate
     finally:
         await codecs.aclose()
 

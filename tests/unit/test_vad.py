@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import FIXTURES, speech_24k
-from utils.audio import WIRE_SAMPLE_RATE, read_wav
+from tests.helpers import FIXTURES
+from utils.audio import MODEL_SAMPLE_RATE, read_wav
 from web_demo.server.config import ChatConfig
 from web_demo.server.vad import (
     VAD_FRAME,
@@ -20,28 +20,34 @@ from web_demo.server.vad import (
     requested_vad,
 )
 
-RATE_16K = 16_000
+RATE_16K = MODEL_SAMPLE_RATE
 NAMES = ("hello", "fox", "weather")
 MODEL = SileroVad()  # one per test module, as the chat route keeps one per server
 
 
-def silence_24k(seconds: float, level: float = 1e-4) -> np.ndarray:
+def silence_16k(seconds: float, level: float = 1e-4) -> np.ndarray:
     """A faint noise floor, as a quiet room through a microphone."""
     rng = np.random.default_rng(1)
-    return (rng.standard_normal(int(seconds * WIRE_SAMPLE_RATE)) * level).astype(np.float32)
+    return (rng.standard_normal(int(seconds * RATE_16K)) * level).astype(np.float32)
 
 
-def events_of(tracker: VadTurnTracker, pcm_24k: np.ndarray, chunk: int = 960) -> list[VadEvent]:
+def speech_16k(name: str) -> np.ndarray:
+    pcm, rate = read_wav(FIXTURES / "speech" / f"{name}.wav")
+    assert rate == RATE_16K
+    return pcm
+
+
+def events_of(tracker: VadTurnTracker, pcm_16k: np.ndarray, chunk: int = 640) -> list[VadEvent]:
     events = []
-    for start in range(0, len(pcm_24k), chunk):
-        events += [e for _, e in tracker.feed(pcm_24k[start:start + chunk]) if e is not None]
+    for start in range(0, len(pcm_16k), chunk):
+        events += [e for _, e in tracker.feed(pcm_16k[start:start + chunk]) if e is not None]
     return events
 
 
-def speech_span_s(pcm_24k: np.ndarray) -> tuple[float, float]:
+def speech_span_s(pcm_16k: np.ndarray) -> tuple[float, float]:
     """Where the fixture is loud: (first, last) time above 5% of its peak."""
-    loud = np.flatnonzero(np.abs(pcm_24k) > 0.05 * np.abs(pcm_24k).max())
-    return loud[0] / WIRE_SAMPLE_RATE, loud[-1] / WIRE_SAMPLE_RATE
+    loud = np.flatnonzero(np.abs(pcm_16k) > 0.05 * np.abs(pcm_16k).max())
+    return loud[0] / RATE_16K, loud[-1] / RATE_16K
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -72,9 +78,9 @@ def test_two_streams_on_one_model_keep_their_own_state() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_speech_start_and_stop_are_found_where_the_speech_is(name: str) -> None:
-    speech = speech_24k(name)
+    speech = speech_16k(name)
     lead_s = 1.0
-    pcm = np.concatenate([silence_24k(lead_s), speech, silence_24k(1.5)])
+    pcm = np.concatenate([silence_16k(lead_s), speech, silence_16k(1.5)])
     settings = VadSettings(silence_ms=500)
     tracker = VadTurnTracker(MODEL, settings)
     events = events_of(tracker, pcm, chunk=1234)
@@ -87,23 +93,23 @@ def test_speech_start_and_stop_are_found_where_the_speech_is(name: str) -> None:
 
 
 def test_the_pre_roll_is_the_audio_from_just_before_the_onset() -> None:
-    pcm = np.concatenate([silence_24k(3.0), speech_24k("fox"), silence_24k(1.0)])
+    pcm = np.concatenate([silence_16k(3.0), speech_16k("fox"), silence_16k(1.0)])
     tracker = VadTurnTracker(MODEL, VadSettings(preroll_ms=300))
     fed = 0
     for piece, event in tracker.feed(pcm):
         fed += len(piece)
         if event is not None and event.kind == "speech_started":
             break
-    assert event is not None and event.preroll_24k is not None
-    start = round((event.at_s - 0.3) * WIRE_SAMPLE_RATE)
-    np.testing.assert_array_equal(event.preroll_24k, pcm[start:fed])  # up to what was fed
-    assert 0.3 + 0.25 <= len(event.preroll_24k) / WIRE_SAMPLE_RATE <= 0.3 + 0.25 + 0.2
+    assert event is not None and event.preroll_16k is not None
+    start = round((event.at_s - 0.3) * RATE_16K)
+    np.testing.assert_array_equal(event.preroll_16k, pcm[start:fed])  # up to what was fed
+    assert 0.3 + 0.25 <= len(event.preroll_16k) / RATE_16K <= 0.3 + 0.25 + 0.2
 
 
 @pytest.mark.parametrize("kind", ["silence", "tone", "noise"])
 def test_silence_tone_or_noise_alone_starts_no_speech(kind: str) -> None:
-    n = 6 * WIRE_SAMPLE_RATE
-    t = np.arange(n) / WIRE_SAMPLE_RATE
+    n = 6 * RATE_16K
+    t = np.arange(n) / RATE_16K
     pcm = {"silence": np.zeros(n, np.float32),
            "tone": (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
            "noise": (np.random.default_rng(2).standard_normal(n) * 0.1).astype(np.float32)}[kind]
@@ -112,10 +118,10 @@ def test_silence_tone_or_noise_alone_starts_no_speech(kind: str) -> None:
 
 def test_memory_stays_bounded_over_a_long_stream() -> None:
     tracker = VadTurnTracker(MODEL, VadSettings())
-    events_of(tracker, silence_24k(30.0), chunk=4800)
-    pcm = np.concatenate([speech_24k("hello"), silence_24k(1.0)])
+    events_of(tracker, silence_16k(30.0), chunk=3200)
+    pcm = np.concatenate([speech_16k("hello"), silence_16k(1.0)])
     (started, _) = events_of(tracker, pcm)
-    assert started.preroll_24k is not None and len(started.preroll_24k) < WIRE_SAMPLE_RATE
+    assert started.preroll_16k is not None and len(started.preroll_16k) < RATE_16K
 
 
 def frames(*runs: tuple[float, int]) -> np.ndarray:

@@ -3,8 +3,8 @@
 A `Wire` (chat_wire.py: the binary /api/chat protocol; realtime_wire.py: OpenAI's Realtime
 API) reads client frames and calls the session; the session answers through outbox items
 that the wire renders into frames. Data path, in the order audio flows:
-  wire receive:  client frames -> PCM 24 kHz -> feed_audio() -> turn buffer (VAD optional)
-  end of turn:   PCM 24 kHz -> 16 kHz -> the wire's turn_ended() -> answer() -> reply task
+  wire receive:  client frames -> PCM 16 kHz -> feed_audio() -> turn buffer (VAD optional)
+  end of turn:   the turn's PCM 16 kHz -> the wire's turn_ended() -> answer() -> reply task
   reply task:    conversation.reply() events -> paced (real time + send_ahead) -> outbox
   write loop:    outbox -> wire.render() (Opus pages, JSON events) -> ws.send_*; pings
 
@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from aiohttp import WSCloseCode, web
 
-from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample, write_wav_atomic
+from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, write_wav_atomic
 from web_demo.server.config import ChatConfig
 from web_demo.server.engines.base import (
     AudioDelta,
@@ -160,7 +160,7 @@ class ChatSession:
         self.vad_settings = vad or cfg.vad
         self._vad_model = vad_model or SileroVad()  # the route's, shared by its sessions
         self._vad = None if vad is None else VadTurnTracker(self._vad_model, vad)
-        self._turn_chunks_24k: list[np.ndarray] = []
+        self._turn_chunks_16k: list[np.ndarray] = []
         self._turn_samples = 0
         self._turn_overflowed = False
         self.system_prompt = cfg.default_system_prompt or None  # None: the engine's own
@@ -246,14 +246,15 @@ class ChatSession:
 
     # ---- input: PCM -> turn -------------------------------------------------------------
 
-    async def feed_audio(self, pcm_24k: np.ndarray) -> None:
-        """The client's microphone, float32 [T] at 24 kHz, in any chunk sizes."""
+    async def feed_audio(self, pcm_16k: np.ndarray) -> None:
+        """The client's microphone, float32 [T] at 16 kHz (the model's rate, at which the
+        wire decodes it), in any chunk sizes."""
         if self._vad is None:
             if self.recording:
-                self._record(pcm_24k)
+                self._record(pcm_16k)
             return
         # Hands-free: the VAD hears everything; pieces of <= 40 ms, so events land in time.
-        for piece, event in self._vad.feed(pcm_24k):
+        for piece, event in self._vad.feed(pcm_16k):
             if self.recording:
                 self._record(piece)
             if event is not None:
@@ -264,27 +265,27 @@ class ChatSession:
         (unless the client already began one). Speech stopped: the turn ends."""
         self.emit_event({"type": "vad", "event": event.kind, "at_s": round(event.at_s, 3)})
         logger.info("session %s: VAD %s at %.2f s", self.id, event.kind, event.at_s)
-        if event.preroll_24k is not None:
+        if event.preroll_16k is not None:
             if self.barge_in:
                 await self.interrupt()
             if not self.recording:
                 self._start_recording()
-                self._record(event.preroll_24k)
+                self._record(event.preroll_16k)
         else:
             await self.end_turn()
 
-    def _record(self, pcm_24k: np.ndarray) -> None:
-        if len(pcm_24k) == 0:
+    def _record(self, pcm_16k: np.ndarray) -> None:
+        if len(pcm_16k) == 0:
             return
-        room = int(self.cfg.max_turn_s * WIRE_SAMPLE_RATE) - self._turn_samples
-        if len(pcm_24k) > room:
-            pcm_24k = pcm_24k[:max(room, 0)]
+        room = int(self.cfg.max_turn_s * MODEL_SAMPLE_RATE) - self._turn_samples
+        if len(pcm_16k) > room:
+            pcm_16k = pcm_16k[:max(room, 0)]
             if not self._turn_overflowed:
                 self._turn_overflowed = True
                 self.send_error(f"turn longer than {self.cfg.max_turn_s:g} s: "
                                 "the rest of this turn is dropped; end the turn to get a reply")
-        self._turn_chunks_24k.append(pcm_24k)
-        self._turn_samples += len(pcm_24k)
+        self._turn_chunks_16k.append(pcm_16k)
+        self._turn_samples += len(pcm_16k)
 
     async def start_turn(self) -> None:
         """The client begins a turn (talk pressed): stop any reply, record from now on."""
@@ -305,11 +306,11 @@ class ChatSession:
     def take_turn_audio(self) -> np.ndarray | None:
         """The audio recorded since the turn began, float32 [T] at 16 kHz (None: none), and
         a fresh buffer."""
-        chunks = self._turn_chunks_24k
-        self._turn_chunks_24k, self._turn_samples, self._turn_overflowed = [], 0, False
+        chunks = self._turn_chunks_16k
+        self._turn_chunks_16k, self._turn_samples, self._turn_overflowed = [], 0, False
         if not chunks:
             return None
-        return resample(np.concatenate(chunks), WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE)
+        return np.concatenate(chunks)
 
     async def restart(self) -> None:
         """Forget the conversation (the client's restart) and record a new first turn."""

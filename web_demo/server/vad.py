@@ -3,7 +3,7 @@
 One ONNX session per process (`SileroVad`, shared and thread-safe) serves two callers:
 - long_audio.py asks for the probabilities of a whole recording at once (`speech_probs`);
 - a hands-free /api/chat session streams its microphone through `VadTurnTracker`:
-  PCM 24 kHz -> soxr stream -> 16 kHz -> `SileroStream` (its own LSTM state h, c and the
+  PCM 16 kHz (as the wire delivers it) -> `SileroStream` (its own LSTM state h, c and the
   64-sample context, carried across calls) -> probabilities -> `SpeechSegmenter` (pure) ->
   speech_started / speech_stopped events, each speech_started carrying a short pre-roll.
 
@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import soxr
 
-from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE
+from utils.audio import MODEL_SAMPLE_RATE
 
 VAD_FRAME = 512  # samples at 16 kHz (32 ms): silero-vad's frame
 VAD_CONTEXT = 64  # samples of the previous frame that the model sees before each frame
 _VAD_BLOCK = 512  # frames per onnxruntime call (16 s): bounds the memory of one call
 _STATE_SHAPE = (1, 1, 128)  # LSTM h and c
-_FEED_SAMPLES_24K = 960  # a tracker feeds 40 ms at a time, so no piece holds two events
+_FEED_SAMPLES = 640  # a tracker feeds 40 ms at a time, so no piece holds two events
 _HYSTERESIS = 0.15  # silero's own: silence is below threshold - 0.15
 
 # Limits of the per-session settings (query, metadata frame and server flags alike).
@@ -257,12 +256,12 @@ class SpeechSegmenter:
 class VadEvent:
     kind: SpeechEventKind
     at_s: float  # where in the stream it happened: seconds since the tracker's first sample
-    preroll_24k: np.ndarray | None = None  # speech_started: float32 [T], from just before the
+    preroll_16k: np.ndarray | None = None  # speech_started: float32 [T], from just before the
     # onset to the end of the audio fed so far, the start of the new turn
 
 
 class VadTurnTracker:
-    """A hands-free session's ears: PCM 24 kHz in any chunk sizes -> speech events.
+    """A hands-free session's ears: PCM 16 kHz in any chunk sizes -> speech events.
 
     Owned by one ChatSession; runs inline on its receive loop (silero costs well under 1 ms
     per 32 ms frame). Keeps the last preroll + min speech (+ slack) of audio so that a turn
@@ -270,13 +269,12 @@ class VadTurnTracker:
     """
 
     def __init__(self, model: SileroVad, settings: VadSettings) -> None:
-        self._resampler = soxr.ResampleStream(WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE, 1, dtype="float32")
         self._stream = SileroStream(model)
         self._segmenter = SpeechSegmenter(settings)
-        self._recent_24k: deque[np.ndarray] = deque()  # the pre-roll window, oldest first
+        self._recent: deque[np.ndarray] = deque()  # the pre-roll window, oldest first
         self._recent_samples = 0
-        self._fed_24k = 0  # samples fed so far
-        self._keep_24k = 0
+        self._fed = 0  # samples fed so far
+        self._keep = 0
         self.settings = settings
 
     @property
@@ -287,20 +285,20 @@ class VadTurnTracker:
     def settings(self, settings: VadSettings) -> None:
         """New settings apply from the next frame; the stream's state is kept."""
         self._segmenter.settings = settings
-        keep_ms = settings.preroll_ms + settings.min_speech_ms + 200  # + resampler and frame lag
-        self._keep_24k = keep_ms * WIRE_SAMPLE_RATE // 1000
+        keep_ms = settings.preroll_ms + settings.min_speech_ms + 200  # + the frame lag
+        self._keep = keep_ms * MODEL_SAMPLE_RATE // 1000
 
     @property
     def in_speech(self) -> bool:
         return self._segmenter.in_speech
 
-    def feed(self, pcm_24k: np.ndarray) -> Iterator[tuple[np.ndarray, VadEvent | None]]:
+    def feed(self, pcm_16k: np.ndarray) -> Iterator[tuple[np.ndarray, VadEvent | None]]:
         """Yields the audio back in pieces of at most 40 ms, each with the event that its end
         produced (None for most), so the caller can act between pieces."""
-        for start in range(0, len(pcm_24k), _FEED_SAMPLES_24K):
-            piece = np.asarray(pcm_24k[start:start + _FEED_SAMPLES_24K], dtype=np.float32)
+        for start in range(0, len(pcm_16k), _FEED_SAMPLES):
+            piece = np.asarray(pcm_16k[start:start + _FEED_SAMPLES], dtype=np.float32)
             self._remember(piece)
-            probs = self._stream.push(self._resampler.resample_chunk(piece))
+            probs = self._stream.push(piece)
             events = self._segmenter.push(probs)
             if not events:
                 yield piece, None
@@ -308,19 +306,18 @@ class VadTurnTracker:
                 yield (piece if n == 0 else piece[:0]), self._event(kind, frame)
 
     def _remember(self, piece: np.ndarray) -> None:
-        self._recent_24k.append(piece)
+        self._recent.append(piece)
         self._recent_samples += len(piece)
-        self._fed_24k += len(piece)
-        while self._recent_samples - len(self._recent_24k[0]) >= self._keep_24k:
-            self._recent_samples -= len(self._recent_24k.popleft())
+        self._fed += len(piece)
+        while self._recent_samples - len(self._recent[0]) >= self._keep:
+            self._recent_samples -= len(self._recent.popleft())
 
     def _event(self, kind: SpeechEventKind, frame: int) -> VadEvent:
         at_16k = frame * VAD_FRAME
         at_s = at_16k / MODEL_SAMPLE_RATE
         if kind == "speech_stopped":
             return VadEvent(kind, at_s)
-        from_24k = at_16k * WIRE_SAMPLE_RATE // MODEL_SAMPLE_RATE \
-            - self.settings.preroll_ms * WIRE_SAMPLE_RATE // 1000
-        recent = np.concatenate(self._recent_24k)
-        skip = min(max(from_24k - (self._fed_24k - len(recent)), 0), len(recent))
-        return VadEvent(kind, at_s, preroll_24k=recent[skip:])
+        start = at_16k - self.settings.preroll_ms * MODEL_SAMPLE_RATE // 1000
+        recent = np.concatenate(self._recent)
+        skip = min(max(start - (self._fed - len(recent)), 0), len(recent))
+        return VadEvent(kind, at_s, preroll_16k=recent[skip:])

@@ -1,7 +1,7 @@
-"""A Realtime API connection's appended audio as the sessions hear it: float32 at 24 kHz.
+"""A Realtime API connection's appended audio as the sessions hear it: float32 at 16 kHz.
 
-PCM16 arrives at 24 kHz already; G.711 arrives at 8 kHz and goes through one soxr stream, so
-that appends join without a seam. That stream holds back its last ~30 ms until it is flushed:
+PCM16 arrives at 24 kHz, G.711 at 8 kHz; either goes through one soxr stream to the model's
+16 kHz, so that appends join without a seam. That stream holds back its last ~30 ms until it is flushed:
 a turn (or segment) that ends flushes it, and the next one starts a fresh stream.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from utils.audio import WIRE_SAMPLE_RATE
+from utils.audio import MODEL_SAMPLE_RATE
 from web_demo.server.realtime.audio_formats import AudioFormat, decode_audio
 
 
@@ -21,25 +21,23 @@ class AppendedAudio:
 
     def __init__(self, fmt: AudioFormat = AudioFormat.PCM16) -> None:
         self._format = fmt
-        self._resampler: Any = None  # soxr.ResampleStream, only for 8 kHz input
+        self._resampler: Any = None  # soxr.ResampleStream, made by the first append
 
     def set_format(self, fmt: AudioFormat) -> None:
         if fmt != self._format:
             self._format, self._resampler = fmt, None
 
     def convert(self, data: bytes) -> np.ndarray:
-        """One append's bytes (in the current format) -> float32 [T] at 24 kHz."""
+        """One append's bytes (in the current format) -> float32 [T] at 16 kHz."""
         pcm = decode_audio(data, self._format)
-        if self._format.sample_rate == WIRE_SAMPLE_RATE:
-            return pcm
         if self._resampler is None:
-            self._resampler = soxr.ResampleStream(self._format.sample_rate, WIRE_SAMPLE_RATE, 1,
+            self._resampler = soxr.ResampleStream(self._format.sample_rate, MODEL_SAMPLE_RATE, 1,
                                                   dtype="float32")
         out: np.ndarray = self._resampler.resample_chunk(pcm)
         return out
 
     def flush(self) -> np.ndarray:
-        """What the resampler still holds (float32 [T] at 24 kHz, often empty); the next append
+        """What the resampler still holds (float32 [T] at 16 kHz, often empty); the next append
         starts a fresh stream."""
         resampler, self._resampler = self._resampler, None
         if resampler is None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, resample
+from utils.audio import MODEL_SAMPLE_RATE
 from web_demo.server.engines.asr_models import AsrModels
 from web_demo.server.engines.base import TranscriptionRequest
 from web_demo.server.errors import ServingError
@@ -60,13 +60,13 @@ class RealtimeTranscription:
         self._idle_timeout_s = idle_timeout_s
         self._models = models
         self._vad_model = vad_model
-        self._max_samples = int(max_segment_s * WIRE_SAMPLE_RATE)
+        self._max_samples = int(max_segment_s * MODEL_SAMPLE_RATE)
         self.config = SessionConfig(session_type="transcription",
                                     transcription=InputTranscription(model=models.default))
         self.dialect: Any = "ga"
         self._session_id = ev.new_id("sess")
         self._vad: VadTurnTracker | None = VadTurnTracker(vad_model, self._vad_settings())
-        self._segment: list[np.ndarray] = []  # float32 24 kHz pieces of the segment being heard
+        self._segment: list[np.ndarray] = []  # float32 16 kHz pieces of the segment being heard
         self._samples = 0
         self._item_id: str | None = None  # the segment's item, from its speech start
         self._last_item_id: str | None = None
@@ -108,7 +108,7 @@ class RealtimeTranscription:
             await self._update(event)
         elif isinstance(event, InputAudioCommit):
             await self._feed(self._input.flush())  # the segment ends here: all of its audio
-            if self._samples < MIN_SEGMENT_S * WIRE_SAMPLE_RATE:
+            if self._samples < MIN_SEGMENT_S * MODEL_SAMPLE_RATE:
                 raise RealtimeProtocolError("invalid_value", "the input audio buffer holds less than "
                                             "100 ms of audio", event_id=event.event_id)
             await self._end_segment()
@@ -143,13 +143,13 @@ class RealtimeTranscription:
 
     # ---- audio -> segments ------------------------------------------------------------------
 
-    async def _feed(self, pcm_24k: np.ndarray) -> None:
+    async def _feed(self, pcm_16k: np.ndarray) -> None:
         if self._vad is None:  # commits cut the segments
-            self._record(pcm_24k)
+            self._record(pcm_16k)
             if self._samples >= self._max_samples:
                 await self._end_segment()
             return
-        for piece, event in self._vad.feed(pcm_24k):
+        for piece, event in self._vad.feed(pcm_16k):
             if self._vad.in_speech or event is not None:
                 self._record(piece)
             if event is None:
@@ -157,9 +157,9 @@ class RealtimeTranscription:
                     await self._end_segment()
                 continue
             ms = round(event.at_s * 1000)
-            if event.preroll_24k is not None:
+            if event.preroll_16k is not None:
                 self._segment, self._samples = [], 0
-                self._record(event.preroll_24k)
+                self._record(event.preroll_16k)
                 self._item_id = ev.new_id("item")
                 await self._send(ev.speech_started(audio_start_ms=ms, item_id=self._item_id))
             else:
@@ -167,11 +167,11 @@ class RealtimeTranscription:
                 await self._send(ev.speech_stopped(audio_end_ms=ms, item_id=item_id))
                 await self._end_segment()
 
-    def _record(self, pcm_24k: np.ndarray) -> None:
+    def _record(self, pcm_16k: np.ndarray) -> None:
         room = self._max_samples - self._samples
-        if room > 0 and len(pcm_24k):
-            self._segment.append(pcm_24k[:room])
-            self._samples += min(room, len(pcm_24k))
+        if room > 0 and len(pcm_16k):
+            self._segment.append(pcm_16k[:room])
+            self._samples += min(room, len(pcm_16k))
 
     async def _end_segment(self) -> None:
         item_id = self._item_id or ev.new_id("item")
@@ -185,8 +185,8 @@ class RealtimeTranscription:
             return
         previous, self._last_item_id = self._last_item_id, item_id
         await self._send(ev.input_audio_committed(item_id=item_id, previous_item_id=previous))
-        pcm_16k = resample(np.concatenate(pieces), WIRE_SAMPLE_RATE, MODEL_SAMPLE_RATE)
-        task = asyncio.create_task(self._transcribe(item_id, pcm_16k), name=f"transcribe-{item_id}")
+        task = asyncio.create_task(self._transcribe(item_id, np.concatenate(pieces)),
+                                   name=f"transcribe-{item_id}")
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 

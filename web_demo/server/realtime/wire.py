@@ -1,7 +1,7 @@
 """The OpenAI Realtime API spoken over a ChatSession (the same session core as /api/chat).
 
 Client events -> session calls: input_audio_buffer.append (PCM16 24 kHz or G.711 8 kHz ->
-float32 24 kHz) -> feed_audio(); server VAD (the session's silero VAD) or commit ends a user
+float32 16 kHz) -> feed_audio(); server VAD (the session's silero VAD) or commit ends a user
 turn, which becomes a user item; response.create (or server VAD's create_response) answers
 the items not answered yet; response.cancel and speech during a response cut it.
 Outbox items -> events: a reply is one response with one assistant message item whose
