@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from utils.audio import WIRE_SAMPLE_RATE, read_wav, resample
+from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, read_wav, resample
 from utils.opus import encode_browser_pages
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def speech_16k(name: str) -> np.ndarray:
+    """tests/fixtures/speech/<name>.wav as float32 [T] at 16 kHz (the model's rate)."""
+    pcm, rate = read_wav(FIXTURES / "speech" / f"{name}.wav")
+    return resample(pcm, rate, MODEL_SAMPLE_RATE)
 
 
 def speech_24k(name: str) -> np.ndarray:

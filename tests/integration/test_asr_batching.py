@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 
 from tests.fakes import FAST, BatchSizes
-from tests.helpers import FIXTURES, plain_text
-from utils.audio import read_wav
+from tests.helpers import plain_text, speech_16k
 from web_demo.server.engines.base import Transcription, TranscriptionRequest
 from web_demo.server.engines.local import WorkerAsrEngine
 from web_demo.server.errors import BadRequest, ServingError
 from web_demo.server.workers.asr_worker import FasterWhisperHandler
 
 pytestmark = pytest.mark.slow
-
-
-def speech(name: str) -> np.ndarray:
-    return read_wav(FIXTURES / "speech" / f"{name}.wav")[0]
 
 
 class CountingWhisperHandler(FasterWhisperHandler):
@@ -62,7 +57,7 @@ def test_a_batch_transcribes_each_request_as_it_would_alone(handler: FasterWhisp
         return outcomes
 
     monkeypatch.setattr(handler._batcher, "decode", counted)
-    fox, hello, weather = speech("fox"), speech("hello"), speech("weather")
+    fox, hello, weather = speech_16k("fox"), speech_16k("hello"), speech_16k("weather")
     requests = [
         TranscriptionRequest(fox), TranscriptionRequest(hello), TranscriptionRequest(weather),
         TranscriptionRequest(hello, language="en"),
@@ -84,7 +79,7 @@ def test_a_batch_transcribes_each_request_as_it_would_alone(handler: FasterWhisp
 
 
 def test_a_bad_request_fails_only_itself(handler: FasterWhisperHandler) -> None:
-    fox, hello = speech("fox"), speech("hello")
+    fox, hello = speech_16k("fox"), speech_16k("hello")
     outcomes = handler.handle_batch([
         TranscriptionRequest(fox), TranscriptionRequest(np.stack([hello, hello])),
         TranscriptionRequest(hello, language="fr"), "not a request", TranscriptionRequest(hello)])
@@ -101,8 +96,8 @@ def test_a_batch_that_breaks_is_decoded_one_by_one(handler: FasterWhisperHandler
         raise RuntimeError("CTranslate2 ran out of memory")
 
     monkeypatch.setattr(handler._batcher, "decode", broken)
-    outcomes = handler.handle_batch([TranscriptionRequest(speech("fox")),
-                                     TranscriptionRequest(speech("hello"), language="de")])
+    outcomes = handler.handle_batch([TranscriptionRequest(speech_16k("fox")),
+                                     TranscriptionRequest(speech_16k("hello"), language="de")])
     assert isinstance(outcomes[0], list) and outcomes[0][0].text.startswith("the quick brown fox")
     assert isinstance(outcomes[1], BadRequest)
 
@@ -114,7 +109,7 @@ async def test_concurrent_calls_to_a_worker_are_decoded_in_batches() -> None:
     try:
         assert asr.health()["max_batch"] == 4
         names = ["fox", "hello", "weather"] * 3
-        heard = await asyncio.gather(*(asr.transcribe(TranscriptionRequest(speech(n)))
+        heard = await asyncio.gather(*(asr.transcribe(TranscriptionRequest(speech_16k(n)))
                                        for n in names))
         assert [h.text.split()[0].strip(",").lower() for h in heard] == [
             "the", "hello", "please"] * 3

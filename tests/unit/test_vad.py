@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import FIXTURES
-from utils.audio import MODEL_SAMPLE_RATE, read_wav
+from tests.helpers import speech_16k
+from utils.audio import MODEL_SAMPLE_RATE
 from web_demo.server.config import ChatConfig
 from web_demo.server.vad import (
     VAD_FRAME,
@@ -31,12 +31,6 @@ def silence_16k(seconds: float, level: float = 1e-4) -> np.ndarray:
     return (rng.standard_normal(int(seconds * RATE_16K)) * level).astype(np.float32)
 
 
-def speech_16k(name: str) -> np.ndarray:
-    pcm, rate = read_wav(FIXTURES / "speech" / f"{name}.wav")
-    assert rate == RATE_16K
-    return pcm
-
-
 def events_of(tracker: VadTurnTracker, pcm_16k: np.ndarray, chunk: int = 640) -> list[VadEvent]:
     events = []
     for start in range(0, len(pcm_16k), chunk):
@@ -52,7 +46,7 @@ def speech_span_s(pcm_16k: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_streaming_in_odd_chunks_gives_the_sequence_probabilities(name: str) -> None:
-    pcm = read_wav(FIXTURES / "speech" / f"{name}.wav")[0]
+    pcm = speech_16k(name)
     whole = len(pcm) // VAD_FRAME * VAD_FRAME
     expected = MODEL.speech_probs(pcm[:whole])
     stream, rng, got, at = SileroStream(MODEL), np.random.default_rng(0), [], 0
@@ -68,7 +62,7 @@ def test_streaming_in_odd_chunks_gives_the_sequence_probabilities(name: str) -> 
 
 
 def test_two_streams_on_one_model_keep_their_own_state() -> None:
-    fox = read_wav(FIXTURES / "speech" / "fox.wav")[0][:40 * VAD_FRAME]
+    fox = speech_16k("fox")[:40 * VAD_FRAME]
     alone = SileroStream(MODEL).push(fox)
     a, b = SileroStream(MODEL), SileroStream(MODEL)
     b.push(np.zeros(20 * VAD_FRAME, np.float32))

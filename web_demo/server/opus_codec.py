@@ -64,8 +64,9 @@ class SessionCodec(Protocol):
 
     def decode(self, ogg: bytes) -> asyncio.Future[np.ndarray]:
         """Starts decoding these mic pages (in the order asked); the future gets float32 PCM
-        at 16 kHz (MIC_SAMPLE_RATE), or ValueError on bytes the decoder rejects (the stream goes on with later
-        pages). A caller may ask for the next pages before this answer is in."""
+        at 16 kHz (MIC_SAMPLE_RATE), or ValueError on bytes the decoder rejects (the stream
+        goes on with later pages). A caller may ask for the next pages before this answer is
+        in."""
         ...
 
     async def encode(self, pcm_24k: np.ndarray) -> bytes:

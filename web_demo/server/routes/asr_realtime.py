@@ -36,8 +36,8 @@ class RealtimeTranscriptionRoute:
         app.on_shutdown.append(self._close_sockets)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # > one 15 MiB append; compress=False declines permessage-deflate: base64 audio does
-        # not shrink enough to pay for inflating every append
+        # The size limit is above one 15 MiB append. compress=False declines permessage-deflate:
+        # base64 audio does not shrink enough to pay for inflating every append.
         ws = web.WebSocketResponse(max_msg_size=20 * 1024 * 1024, heartbeat=20.0, compress=False)
         await ws.prepare(request)
         if len(self.sockets) >= self._cfg.max_realtime_sessions:
