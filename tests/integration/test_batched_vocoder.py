@@ -32,11 +32,15 @@ def _tokens(seed: int, n: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, 6561, n).tolist()
 
 
-async def test_concurrent_streams_match_alone(tmp_path: Path, embedding: np.ndarray) -> None:
+@pytest.mark.parametrize("static_shapes", [False, True], ids=["eager", "static-shapes"])
+async def test_concurrent_streams_match_alone(tmp_path: Path, embedding: np.ndarray,
+                                              static_shapes: bool) -> None:
+    """static-shapes: the --vocoder-cuda-graphs path, whose steps run eagerly on the CPU."""
     speaker = tmp_path / "speaker.npy"
     np.save(speaker, embedding)
     vocoder = WorkerVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
-        "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker)})
+        "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker),
+        "static_shapes": static_shapes})
     # (tokens, pushes to wait before starting, pushes before a barge-in or None)
     replies = [(_tokens(1, 90), 0, None), (_tokens(2, 60), 2, None), (_tokens(3, 120), 1, None),
                (_tokens(4, 100), 0, 9), (_tokens(5, 33), 6, None), (_tokens(6, 75), 3, None)]

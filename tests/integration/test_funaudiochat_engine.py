@@ -62,13 +62,16 @@ class CountingVocoder(WorkerVocoder):
         return stream
 
 
-def tiny_engine(speaker_npy: Path, max_steps: int) -> FunAudioChatEngine:
+def tiny_engine(speaker_npy: Path, max_steps: int, cuda_graphs: bool = False) -> FunAudioChatEngine:
+    """cuda_graphs: the --cuda-graphs --vocoder-cuda-graphs paths (static shapes, eager on CPU)."""
     vocoder = CountingVocoder(cfg=replace(FAST, close_timeout_s=10), init_kwargs={
-        "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker_npy)})
+        "model_dir": str(CV3 / "tiny_model"), "device": "cpu", "speaker_embedding": str(speaker_npy),
+        "static_shapes": cuda_graphs})
     vocoder.codes_per_stream, vocoder.tokens_per_stream = [], []
     return FunAudioChatEngine(
         model_path=FAC / "model", tokenizer_path=FAC / "tokenizers" / "substitute_text_tokenizer",
-        device="cpu", vocoder=vocoder, sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
+        device="cpu", vocoder=vocoder, cuda_graphs=cuda_graphs,
+        sampling=SamplingParams(top_k=1, max_steps=max_steps, seed=0))
 
 
 async def test_turns_stream_tokens_through_the_vocoder_and_keep_history(chat_server, speaker_npy) -> None:
@@ -116,8 +119,9 @@ async def test_barge_in_cancels_generation_and_history_keeps_what_was_sent(chat_
     assert conversation._state.history[2] == ("assistant", sent_before)
 
 
-async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> None:
-    engine = tiny_engine(speaker_npy, max_steps=10)
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "static-shapes"])
+async def test_concurrent_sessions_decode_together(chat_server, speaker_npy, cuda_graphs: bool) -> None:
+    engine = tiny_engine(speaker_npy, max_steps=10, cuda_graphs=cuda_graphs)
     _, connect = await chat_server(engine)
     chats = [await connect() for _ in range(3)]
     for i, chat in enumerate(chats):
@@ -126,6 +130,8 @@ async def test_concurrent_sessions_decode_together(chat_server, speaker_npy) -> 
     assert all(r.errors == [] and len(r.audio_pages) > 0 for r in replies)
     assert len(engine.conversations) == 3
     assert len(engine.vocoder.codes_per_stream) == 3  # one vocoder stream per reply
+    assert (engine.scheduler.static is not None) is cuda_graphs
+    assert engine.vocoder.health()["static_shapes"] is cuda_graphs
 
 
 async def test_the_upstream_clients_sampling_settings_reach_the_model(chat_server, speaker_npy) -> None:

@@ -82,3 +82,33 @@ async def test_bad_input_is_a_bad_request(speaker_npy: Path) -> None:
             await worker.call(SpeechTokens((1, 2)))  # tokens only go to a stream
     finally:
         await vocoder.aclose()
+
+
+def test_static_shapes_slots_are_freed_by_finish_and_by_close(speaker_npy: Path) -> None:
+    """With static shapes every open stream holds a slot; barge-ins (close without a finish)
+    must hand theirs back, or the worker would refuse new replies after max_stream_batch."""
+    from web_demo.server.workers.handler import StreamCall
+    from web_demo.server.workers.vocoder_worker import CosyVoice3Handler
+
+    handler = CosyVoice3Handler(model_dir=str(CV3 / "tiny_model"), device="cpu",
+                                speaker_embedding=str(speaker_npy), max_stream_batch=2,
+                                static_shapes=True)
+    assert handler.max_streams == 2
+    tokens = SpeechTokens(tuple(np.random.default_rng(0).integers(0, 6561, 40).tolist()))
+    for _ in range(3):  # more replies than slots, one after another
+        kept, cancelled = (handler.open_stream(VocoderStreamRequest()) for _ in range(2))
+        outcomes = handler.step_streams([StreamCall(kept, tokens), StreamCall(cancelled, tokens)])
+        assert all(isinstance(o, list) and len(o[0].pcm) > 0 for o in outcomes)  # a chunk each
+        assert handler._batched.streams == 2
+        handler.close(cancelled)  # barge-in
+        [tail] = handler.step_streams([StreamCall(kept, None)])
+        assert isinstance(tail, list) and handler._batched.streams == 0
+        handler.close(kept)  # the runtime closes a finished stream too: a no-op here
+
+
+def test_static_shapes_need_stream_batching(speaker_npy: Path) -> None:
+    from web_demo.server.workers.vocoder_worker import CosyVoice3Handler
+
+    with pytest.raises(ValueError, match="static shapes need the cached mode"):
+        CosyVoice3Handler(model_dir=str(CV3 / "tiny_model"), device="cpu", mode="upstream-fac",
+                          speaker_embedding=str(speaker_npy), static_shapes=True)

@@ -59,6 +59,13 @@ class BatchBuckets:
         raise ValueError(f"{n} rows exceed the largest batch bucket {self.max_batch}")
 
 
+def buckets_up_to(n: int) -> tuple[int, ...]:
+    """Powers of two below n, then n: 1, 2, 4, ..., n (at most 2x padding per step)."""
+    if n < 1:
+        raise ValueError(f"a batch bucket holds at least 1 row, not {n}")
+    return (*(1 << k for k in range(n.bit_length()) if 1 << k < n), n)
+
+
 @dataclass(frozen=True)
 class StaticDecodeConfig(BatchBuckets):
     """Shapes and execution of the static decode path.

@@ -192,6 +192,9 @@ class S2SConfig:
     device: str = flag("auto", "device of the S2S model (auto: cuda:0 with a GPU, else cpu)",
                        name="--s2s-device")
     max_batch: int = flag(32, "sessions the S2S model decodes together in one step", name="--max-batch")
+    cuda_graphs: bool = flag(False, "decode with static shapes per batch bucket (LM + CRQ head), "
+                             "each captured once as a CUDA graph and replayed (GPU only)",
+                             name="--cuda-graphs")
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -214,6 +217,13 @@ class VocoderConfig:
     speaker_embedding: Path | None = flag(None, ".npy speaker embedding (192 values; default: "
                                           "spk2info in the vocoder directory)",
                                           name="--vocoder-speaker-embedding", type=Path)
+    cuda_graphs: bool = flag(False, "batched flow and HiFT steps with static shapes per batch "
+                             "bucket, each captured once as a CUDA graph and replayed (GPU only; "
+                             "cached mode)", name="--vocoder-cuda-graphs")
+
+    def __post_init__(self) -> None:
+        if self.cuda_graphs and self.mode != "cached":
+            raise ValueError("--vocoder-cuda-graphs needs --vocoder-mode cached")
 
 
 @dataclass(frozen=True)

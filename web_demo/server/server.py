@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,10 +69,14 @@ def parse_args(argv: Sequence[str] | None) -> S2SServerConfig:
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_args(argv)
     setup_logging(cfg.http.log_level)
+    try:
+        engine = build_s2s_engine(cfg.s2s, vocoder=cfg.vocoder, asr=cfg.asr, tts=cfg.tts,
+                                  responder=cfg.responder, workers=cfg.workers)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        sys.exit(f"server: {exc}")
     sock = bind(cfg.http.host, cfg.http.port)
     logger.warning("engine: %s", describe_s2s_choice(cfg.s2s, cfg.responder, cfg.asr, cfg.tts))
-    engine = build_s2s_engine(cfg.s2s, vocoder=cfg.vocoder, asr=cfg.asr, tts=cfg.tts,
-                              responder=cfg.responder, workers=cfg.workers)
     app = make_app(cfg.http, s2s=engine, chat=cfg.chat)
     logger.info("listening on http://%s:%d (WebSocket /api/chat)", cfg.http.host, cfg.http.port)
     run_service(app, sock, cfg.http)

@@ -64,9 +64,11 @@ def build_s2s_engine(cfg: S2SConfig, *, vocoder: VocoderConfig, asr: AsrConfig, 
     from web_demo.server.engines.funaudiochat import FunAudioChatEngine
 
     device = cfg.device if cfg.device != "auto" else ("cuda:0" if gpu_available() else "cpu")
+    if cfg.cuda_graphs and not device.startswith("cuda"):
+        raise ValueError(f"--cuda-graphs needs a CUDA device; the S2S model would run on {device}")
     return FunAudioChatEngine(model_path=cfg.model_path, tokenizer_path=cfg.tokenizer_path,
                               device=device, vocoder=build_vocoder(vocoder, workers),
-                              max_batch=cfg.max_batch,
+                              max_batch=cfg.max_batch, cuda_graphs=cfg.cuda_graphs,
                               transcriber=build_asr_engine(asr, workers) if asr.user_transcripts else None,
                               transcript_language=asr.language)
 
@@ -74,10 +76,12 @@ def build_s2s_engine(cfg: S2SConfig, *, vocoder: VocoderConfig, asr: AsrConfig, 
 def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
     from web_demo.server.engines.local import WorkerVocoder
 
+    if cfg.cuda_graphs and not gpu_available():
+        raise ValueError("--vocoder-cuda-graphs needs a CUDA device; none is visible")
     return WorkerVocoder(cfg=workers, init_kwargs={
         "model_dir": str(cfg.model_path),
         "device": f"cuda:{cfg.gpu}" if gpu_available() else "cpu",
-        "dtype": cfg.dtype, "mode": cfg.mode,
+        "dtype": cfg.dtype, "mode": cfg.mode, "static_shapes": cfg.cuda_graphs,
         "speaker_embedding": str(cfg.speaker_embedding) if cfg.speaker_embedding else None})
 
 

@@ -45,7 +45,7 @@ class FunAudioChatEngine:
     name = "funaudiochat"
 
     def __init__(self, *, model_path: Path, tokenizer_path: Path | None, device: str,
-                 vocoder: Vocoder, max_batch: int = 32, sampling: Any = None,
+                 vocoder: Vocoder, max_batch: int = 32, cuda_graphs: bool = False, sampling: Any = None,
                  transcriber: AsrEngine | None = None, transcript_language: str | None = None) -> None:
         self._model_path = model_path
         self._tokenizer_path = tokenizer_path
@@ -54,6 +54,7 @@ class FunAudioChatEngine:
         self.transcriber = transcriber  # the user transcripts; None: none are sent
         self.transcript_language = transcript_language
         self.max_batch = max_batch
+        self.cuda_graphs = cuda_graphs  # static-shape decode steps, replayed as CUDA graphs
         self.sampling = sampling
         self._runtime: Any = None
         self.scheduler: Any = None  # utils.funaudiochat.Scheduler once started
@@ -61,11 +62,14 @@ class FunAudioChatEngine:
 
     async def start(self) -> None:
         from utils.funaudiochat import SamplingParams, Scheduler, load_model
+        from utils.funaudiochat.static_decode import StaticDecodeConfig, buckets_up_to
 
         self._runtime = await asyncio.to_thread(
             load_model, self._model_path, tokenizer_path=self._tokenizer_path, device=self._device)
         self.sampling = self.sampling or SamplingParams()
-        self.scheduler = Scheduler(self._runtime, max_batch=self.max_batch)
+        static = (StaticDecodeConfig(batch_buckets=buckets_up_to(self.max_batch), cuda_graphs=True)
+                  if self.cuda_graphs else None)  # off CUDA the static steps run eagerly
+        self.scheduler = Scheduler(self._runtime, max_batch=self.max_batch, static=static)
         self.scheduler.start()
         await self.vocoder.start()
         if self.transcriber is not None:

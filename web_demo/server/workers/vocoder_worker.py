@@ -7,7 +7,9 @@ SpeechTokens, and finishes it for the tail; the worker runtime keeps the stream 
 In the cached mode the pushes and finishes queued for different streams are served together
 (`step_streams`): every stream with a chunk ready goes through one batched flow-matching
 solve and HiFT step (utils/cosyvoice3/batched_stream.py), and each gets the audio it would
-have got alone.
+have got alone. With `static_shapes` those steps keep static shapes per batch bucket
+(utils/cosyvoice3/static_token2wav.py), captured once as CUDA graphs and replayed on a GPU;
+each stream then holds one of `max_stream_batch` slots from its first push to its end.
 """
 
 from __future__ import annotations
@@ -62,10 +64,9 @@ class CosyVoice3Handler:
     def __init__(self, *, model_dir: str, device: str = "auto", dtype: str = "float32",
                  mode: str = "cached", speaker: str | None = None,
                  speaker_embedding: str | None = None,
-                 max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH) -> None:
+                 max_stream_batch: int = DEFAULT_MAX_STREAM_BATCH, static_shapes: bool = False) -> None:
         import torch
 
-        from utils.cosyvoice3.batched_stream import BatchedToken2Wav
         from utils.cosyvoice3.streaming import StreamMode, Token2Wav
 
         if dtype not in _DTYPES:
@@ -82,7 +83,12 @@ class CosyVoice3Handler:
             raise ValueError(f"max_stream_batch must be at least 1, got {max_stream_batch}")
         # only cached streams batch; the upstream modes re-run whole prefixes, one at a time
         self.max_stream_batch = max_stream_batch if self._mode is StreamMode.CACHED else 1
-        self._batched = BatchedToken2Wav(self._model, max_rows=max_stream_batch)
+        if static_shapes and self.max_stream_batch == 1:
+            raise ValueError("static shapes need the cached mode and max_stream_batch > 1")
+        self._static = static_shapes
+        self._batched = _batcher(self._model, max_stream_batch, static_shapes)
+        if static_shapes:
+            self.max_streams = max_stream_batch  # one static slot per open stream
         self._stats = VocoderStats(0, 0, 0)
         self._embedding = np.load(speaker_embedding) if speaker_embedding else None
         self._speaker = speaker
@@ -92,7 +98,7 @@ class CosyVoice3Handler:
     def info(self) -> dict[str, Any]:
         return {"model": f"cosyvoice3:{self._model_dir}", "device": self._device,
                 "mode": self._mode.value, "sample_rate": self._model.sample_rate,
-                "max_stream_batch": self.max_stream_batch}
+                "max_stream_batch": self.max_stream_batch, "static_shapes": self._static}
 
     def handle(self, request: object) -> Iterator[VocoderStats]:
         if not isinstance(request, VocoderStatsRequest):
@@ -148,7 +154,23 @@ class CosyVoice3Handler:
         return outcomes
 
     def close(self, state: Any) -> None:
-        return None  # a stream holds only tensors; dropping it frees them
+        if self._static:
+            self._batched.drop(state)  # its slot; otherwise a stream holds only tensors
+
+
+def _batcher(model: Any, max_rows: int, static_shapes: bool) -> Any:
+    """The worker's BatchedToken2Wav, or its StaticToken2Wav (imported here: torch stays out
+    of the processes that only import the request types)."""
+    from utils.cosyvoice3.batched_stream import BatchedToken2Wav
+    from utils.cosyvoice3.static_flow import StaticVocoderConfig
+    from utils.cosyvoice3.static_token2wav import StaticToken2Wav
+    from utils.funaudiochat.static_decode import buckets_up_to
+
+    if not static_shapes:
+        return BatchedToken2Wav(model, max_rows=max_rows)
+    config = StaticVocoderConfig(batch_buckets=buckets_up_to(max_rows), max_streams=max_rows,
+                                 cuda_graphs=True)  # off CUDA the static steps run eagerly
+    return StaticToken2Wav(model, config=config)
 
 
 def speech_codes(tokens: object) -> list[int]:
