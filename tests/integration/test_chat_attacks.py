@@ -16,6 +16,7 @@ from web_demo.chat_client import ChatClient
 from web_demo.server.app import CHAT
 from web_demo.server.errors import EngineDead
 from web_demo.server.protocol import Control
+from web_demo.server.session import ChatSession
 
 PAGES = tone_pages(0.6)
 GOOD_PAGE = PAGES[3]
@@ -94,7 +95,16 @@ async def test_zombie_scenario_leaves_no_session_behind(chat_server) -> None:
     assert (await newcomer.receive_reply()).final is not None
 
 
-async def test_client_that_never_reads_is_cut_once_its_outbox_is_full(chat_server, caplog) -> None:
+async def test_client_that_never_reads_is_cut_once_its_outbox_is_full(chat_server, caplog,
+                                                                       monkeypatch) -> None:
+    acted_on_after_cut = []  # frames the cut client had already sent are dropped unread
+    bad_frame = ChatSession.bad_frame
+
+    def recording_bad_frame(self, exc, answer=None):
+        acted_on_after_cut.append(self._aborted is not None)
+        bad_frame(self, exc, answer)
+
+    monkeypatch.setattr(ChatSession, "bad_frame", recording_bad_frame)
     client, connect = await chat_server(FakeEngine(), max_outbox_frames=64, write_timeout_s=0.5)
     bystander = await connect()
     greedy = await client.ws_connect("/api/chat")  # never reads: its buffers fill up
@@ -105,6 +115,7 @@ async def test_client_that_never_reads_is_cut_once_its_outbox_is_full(chat_serve
                 await greedy.send_bytes(flood)
             await asyncio.sleep(0.01)
     assert "client is not reading" in caplog.text
+    assert acted_on_after_cut and not any(acted_on_after_cut)
     health = await (await client.get("/health")).json()
     assert health["sessions"]["active"] == 1
     await bystander.turn(PAGES)

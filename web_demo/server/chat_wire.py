@@ -67,8 +67,7 @@ class ChatWire:
             self._drop_mic()
 
     async def _read(self, session: ChatSession) -> None:
-        async for msg in session.ws:
-            session.touch()
+        async for msg in session.frames():
             try:
                 if msg.type is WSMsgType.BINARY:
                     await self._on_message(session, protocol.decode_binary(msg.data))

@@ -27,11 +27,12 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMessage, web
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, write_wav_atomic
 from web_demo.server.config import ChatConfig
@@ -228,9 +229,14 @@ class ChatSession:
             if self._transport is not None:
                 self._transport.abort()
 
-    def touch(self) -> None:
-        """The client sent a frame (the idle timeout counts from the last one)."""
-        self._last_received = asyncio.get_running_loop().time()
+    async def frames(self) -> AsyncIterator[WSMessage]:
+        """The client's frames, each restarting the idle timeout, until it leaves or is cut:
+        the frames a cut client had already sent are not acted on (no answer could reach it)."""
+        async for msg in self.ws:
+            if self._aborted is not None:
+                return
+            self._last_received = asyncio.get_running_loop().time()
+            yield msg
 
     def bad_frame(self, exc: ProtocolError, answer: Frame | None = None) -> None:
         """A malformed client frame: counted, logged (the first few), answered (with the

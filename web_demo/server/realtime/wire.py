@@ -111,8 +111,7 @@ class RealtimeWire:
     # ---- client events -> session ---------------------------------------------------------
 
     async def receive(self, session: ChatSession) -> None:
-        async for msg in session.ws:
-            session.touch()
+        async for msg in session.frames():
             if msg.type is WSMsgType.ERROR:
                 logger.info("session %s: socket error %s", session.id, session.ws.exception())
                 return
