@@ -15,6 +15,7 @@ a call comes out as 0x04 {"type": "tool_call", ...}, and metadata {"type": "tool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -67,17 +68,15 @@ class ChatWire:
             self._drop_mic()
 
     async def _read(self, session: ChatSession) -> None:
-        async for msg in session.frames():
-            try:
-                if msg.type is WSMsgType.BINARY:
-                    await self._on_message(session, protocol.decode_binary(msg.data))
-                elif msg.type is WSMsgType.TEXT:
-                    await self._on_message(session, protocol.decode_text(msg.data))
-                elif msg.type is WSMsgType.ERROR:
-                    logger.info("session %s: socket error %s", session.id, session.ws.exception())
-                    return
-            except ProtocolError as exc:
-                session.bad_frame(exc)
+        async with contextlib.aclosing(session.frames()) as frames:
+            async for msg in frames:
+                try:
+                    if msg.type is WSMsgType.BINARY:
+                        await self._on_message(session, protocol.decode_binary(msg.data))
+                    elif msg.type is WSMsgType.TEXT:
+                        await self._on_message(session, protocol.decode_text(msg.data))
+                except ProtocolError as exc:
+                    session.bad_frame(exc)
 
     async def _on_message(self, session: ChatSession, message: protocol.ClientMessage) -> None:
         if isinstance(message, AudioIn):

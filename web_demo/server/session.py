@@ -27,12 +27,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from aiohttp import WSCloseCode, WSMessage, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from utils.audio import MODEL_SAMPLE_RATE, WIRE_SAMPLE_RATE, write_wav_atomic
 from web_demo.server.config import ChatConfig
@@ -229,11 +229,15 @@ class ChatSession:
             if self._transport is not None:
                 self._transport.abort()
 
-    async def frames(self) -> AsyncIterator[WSMessage]:
-        """The client's frames, each restarting the idle timeout, until it leaves or is cut:
-        the frames a cut client had already sent are not acted on (no answer could reach it)."""
+    async def frames(self) -> AsyncGenerator[WSMessage, None]:
+        """The client's frames, each restarting the idle timeout, until it leaves, its socket
+        fails or it is cut: the frames a cut client had already sent are not acted on (no
+        answer could reach it). Iterate inside `contextlib.aclosing`."""
         async for msg in self.ws:
             if self._aborted is not None:
+                return
+            if msg.type is WSMsgType.ERROR:
+                logger.info("session %s: socket error %s", self.id, self.ws.exception())
                 return
             self._last_received = asyncio.get_running_loop().time()
             yield msg

@@ -15,6 +15,7 @@ announced, the user input not answered yet and the response being streamed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -111,19 +112,17 @@ class RealtimeWire:
     # ---- client events -> session ---------------------------------------------------------
 
     async def receive(self, session: ChatSession) -> None:
-        async for msg in session.frames():
-            if msg.type is WSMsgType.ERROR:
-                logger.info("session %s: socket error %s", session.id, session.ws.exception())
-                return
-            try:
-                if msg.type is not WSMsgType.TEXT:
-                    raise RealtimeProtocolError("invalid_json", "events are JSON text frames")
-                event = decode_client_event(msg.data, input_format=self.config.input_format)
-                await self._on_event(session, event)
-            except RealtimeProtocolError as exc:
-                session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
-            except ProtocolError as exc:  # the session's own limits
-                session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
+        async with contextlib.aclosing(session.frames()) as frames:
+            async for msg in frames:
+                try:
+                    if msg.type is not WSMsgType.TEXT:
+                        raise RealtimeProtocolError("invalid_json", "events are JSON text frames")
+                    event = decode_client_event(msg.data, input_format=self.config.input_format)
+                    await self._on_event(session, event)
+                except RealtimeProtocolError as exc:
+                    session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
+                except ProtocolError as exc:  # the session's own limits
+                    session.bad_frame(exc, self._frame(ev.error_event_for(exc)))
 
     async def _on_event(self, session: ChatSession, event: RealtimeClientEvent) -> None:
         if isinstance(event, InputAudioAppend):
