@@ -154,7 +154,8 @@ async def test_writer_crash_closes_with_1011_and_an_error_frame(chat_server, mon
     def broken(self, pcm):
         raise ValueError("encoder exploded")
 
-    _client, connect = await chat_server(FakeEngine(audio_s=0.4), opus_codec="inline")
+    client, connect = await chat_server(FakeEngine(audio_s=0.4), opus_codec="inline")
+    assert (await (await client.get("/health")).json())["opus_codec"] == {"mode": "inline"}
     chat = await connect()
     monkeypatch.setattr(OpusStreamEncoder, "encode", broken)
     await chat.turn(PAGES)
@@ -176,16 +177,24 @@ async def test_killed_opus_codec_fails_its_sessions_not_the_server(chat_server) 
     for c in (chat, bystander):
         await c.turn(PAGES)
         await c.receive_until_audio()
-    os.kill(codecs.processes[0].pid, signal.SIGKILL)  # mid-reply
+    health = await (await client.get("/health")).json()
+    assert health["opus_codec"] == {"mode": "process", "processes": [
+        {"pid": p.pid, "alive": True, "streams": 1} for p in codecs.processes]}
+    killed = codecs.processes[0].pid
+    os.kill(killed, signal.SIGKILL)  # mid-reply
     frames = await frames_until_close(chat)
     assert chat.ws.close_code == aiohttp.WSCloseCode.INTERNAL_ERROR
     assert any(f[0] == 0x05 and b"internal server error" in f for f in frames)
     rest = await bystander.receive_reply()
     assert rest.final is not None and rest.errors == [] and len(rest.audio_pages) > 0
+    first = (await (await client.get("/health")).json())["opus_codec"]["processes"][0]
+    assert first == {"pid": killed, "alive": False, "streams": 0}
     other = await connect()  # a new child for the new session
     await other.turn(PAGES)
     reply = await other.receive_reply()
     assert reply.final is not None and reply.errors == [] and len(reply.audio_pages) > 0
+    first = (await (await client.get("/health")).json())["opus_codec"]["processes"][0]
+    assert first["alive"] and first["pid"] != killed and first["streams"] == 1
 
 
 async def test_dead_engine_closes_the_socket_with_1011(chat_server) -> None:

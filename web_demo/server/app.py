@@ -157,6 +157,7 @@ async def health(request: web.Request) -> web.Response:
         report["error"] = lifecycle.failure
     if CHAT in app:
         report["sessions"] = {"active": len(app[CHAT].sockets), "max": app[CHAT].max_sessions}
+        report["opus_codec"] = app[CHAT].codec_health()
     report["in_flight"] = lifecycle.busy
     return web.json_response(report, status=503 if report["status"] in _UNHEALTHY else 200)
 

@@ -34,7 +34,7 @@ import os
 import struct
 import sys
 import time
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -117,6 +117,11 @@ class CodecPool:
     async def open_stream(self) -> ProcessCodec:
         return await min(self.processes, key=lambda p: p.open_streams).open_stream()
 
+    def health(self) -> list[dict[str, Any]]:
+        """Per child: its pid (None before its first session), whether it runs, its streams.
+        A child that died is started again by the next session given to it."""
+        return [{"pid": p.pid, "alive": p.alive, "streams": p.open_streams} for p in self.processes]
+
     async def aclose(self) -> None:
         await asyncio.gather(*(process.aclose() for process in self.processes))
 
@@ -139,6 +144,10 @@ class CodecProcess:
     def pid(self) -> int | None:
         """The running child's process id (None before the first session)."""
         return None if self._process is None else self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
 
     async def open_stream(self) -> ProcessCodec:
         async with self._starting:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 
@@ -134,6 +135,12 @@ class ChatRoute:
         finally:
             self.sockets.discard(session.ws)
             logger.info("session %s closed (%d active)", session.id, len(self.sockets))
+
+    def codec_health(self) -> dict[str, Any]:
+        """/health's view of where the sessions' Opus coding runs."""
+        if self._cfg.opus_codec == "inline":
+            return {"mode": "inline"}
+        return {"mode": "process", "processes": self.codecs.health()}
 
     async def _codec(self) -> SessionCodec:
         if self._cfg.opus_codec == "inline":
