@@ -85,17 +85,18 @@ async def test_bad_input_is_a_bad_request(speaker_npy: Path) -> None:
 
 
 def test_static_shapes_slots_are_freed_by_finish_and_by_close(speaker_npy: Path) -> None:
-    """With static shapes every open stream holds a slot; barge-ins (close without a finish)
-    must hand theirs back, or the worker would refuse new replies after max_stream_batch."""
+    """With static shapes every streaming reply holds a slot; barge-ins (close without a
+    finish) must hand theirs back, or replies would fail once the slots ran out."""
     from web_demo.server.workers.handler import StreamCall
-    from web_demo.server.workers.vocoder_worker import CosyVoice3Handler
+    from web_demo.server.workers.vocoder_worker import STATIC_SPARE_SLOTS, CosyVoice3Handler
 
     handler = CosyVoice3Handler(model_dir=str(CV3 / "tiny_model"), device="cpu",
                                 speaker_embedding=str(speaker_npy), max_stream_batch=2,
                                 static_shapes=True)
-    assert handler.max_streams == 2
+    slots = handler._batched.config.max_streams
+    assert slots == 2 + STATIC_SPARE_SLOTS
     tokens = SpeechTokens(tuple(np.random.default_rng(0).integers(0, 6561, 40).tolist()))
-    for _ in range(3):  # more replies than slots, one after another
+    for _ in range(slots):  # twice as many replies as slots, one pair after another
         kept, cancelled = (handler.open_stream(VocoderStreamRequest()) for _ in range(2))
         outcomes = handler.step_streams([StreamCall(kept, tokens), StreamCall(cancelled, tokens)])
         assert all(isinstance(o, list) and len(o[0].pcm) > 0 for o in outcomes)  # a chunk each

@@ -67,13 +67,15 @@ def build_s2s_engine(cfg: S2SConfig, *, vocoder: VocoderConfig, asr: AsrConfig, 
     if cfg.cuda_graphs and not device.startswith("cuda"):
         raise ValueError(f"--cuda-graphs needs a CUDA device; the S2S model would run on {device}")
     return FunAudioChatEngine(model_path=cfg.model_path, tokenizer_path=cfg.tokenizer_path,
-                              device=device, vocoder=build_vocoder(vocoder, workers),
+                              device=device, vocoder=build_vocoder(vocoder, workers, streams=cfg.max_batch),
                               max_batch=cfg.max_batch, cuda_graphs=cfg.cuda_graphs,
                               transcriber=build_asr_engine(asr, workers) if asr.user_transcripts else None,
                               transcript_language=asr.language)
 
 
-def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
+def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig, *, streams: int) -> Vocoder:
+    """`streams`: the S2S decode batch, whose replies the vocoder batches (and holds static
+    slots for) together."""
     from web_demo.server.engines.local import WorkerVocoder
 
     if cfg.cuda_graphs and not gpu_available():
@@ -82,6 +84,7 @@ def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig) -> Vocoder:
         "model_dir": str(cfg.model_path),
         "device": f"cuda:{cfg.gpu}" if gpu_available() else "cpu",
         "dtype": cfg.dtype, "mode": cfg.mode, "static_shapes": cfg.cuda_graphs,
+        "max_stream_batch": streams,
         "speaker_embedding": str(cfg.speaker_embedding) if cfg.speaker_embedding else None})
 
 

@@ -9,7 +9,7 @@ In the cached mode the pushes and finishes queued for different streams are serv
 solve and HiFT step (utils/cosyvoice3/batched_stream.py), and each gets the audio it would
 have got alone. With `static_shapes` those steps keep static shapes per batch bucket
 (utils/cosyvoice3/static_token2wav.py), captured once as CUDA graphs and replayed on a GPU;
-each stream then holds one of `max_stream_batch` slots from its first push to its end.
+each stream then holds a slot from its first chunk to its end (or close).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from web_demo.server.workers.handler import StreamCall, unknown_request
 
 MAX_STREAMS = 512  # one per active reply; bounds the memory of abandoned streams
 DEFAULT_MAX_STREAM_BATCH = 32  # streams advanced by one batched step
+# static slots beyond max_stream_batch: replies whose streams still finish while the next
+# turns, admitted to the S2S decode batch in their place, start
+STATIC_SPARE_SLOTS = 4
 SPEECH_CODEBOOK = 6561
 _DTYPES = {"float32", "float16", "bfloat16"}
 
@@ -87,8 +90,6 @@ class CosyVoice3Handler:
             raise ValueError("static shapes need the cached mode and max_stream_batch > 1")
         self._static = static_shapes
         self._batched = _batcher(self._model, max_stream_batch, static_shapes)
-        if static_shapes:
-            self.max_streams = max_stream_batch  # one static slot per open stream
         self._stats = VocoderStats(0, 0, 0)
         self._embedding = np.load(speaker_embedding) if speaker_embedding else None
         self._speaker = speaker
@@ -168,7 +169,8 @@ def _batcher(model: Any, max_rows: int, static_shapes: bool) -> Any:
 
     if not static_shapes:
         return BatchedToken2Wav(model, max_rows=max_rows)
-    config = StaticVocoderConfig(batch_buckets=buckets_up_to(max_rows), max_streams=max_rows,
+    config = StaticVocoderConfig(batch_buckets=buckets_up_to(max_rows),
+                                 max_streams=max_rows + STATIC_SPARE_SLOTS,
                                  cuda_graphs=True)  # off CUDA the static steps run eagerly
     return StaticToken2Wav(model, config=config)
 
