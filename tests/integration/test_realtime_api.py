@@ -293,6 +293,23 @@ async def test_an_instructions_change_reaches_the_engine(chat_server: Any) -> No
         assert prompts == ["Speak like a pirate.", "Be brief.", "Speak like a pirate."]
 
 
+async def test_the_clients_temperature_reaches_the_engine_once_it_sets_one(chat_server: Any) -> None:
+    client, engine = await start(chat_server, FakeEngine(audio_s=0.2))
+    async with connect(client.server.port) as conn:
+        await opened(conn)
+        for session, response in [(None, None), ({"temperature": 0.6}, None), (None, {"temperature": 1.2}),
+                                  (None, None)]:
+            if session is not None:
+                await conn.session.update(session={"type": "realtime", **session})
+                await collect(conn, is_type("session.updated"), timeout=5)
+            await say(conn, "Hi")
+            await conn.response.create(**({"response": response} if response else {}))
+            await collect(conn, is_done("completed"), timeout=10)
+    sampling = [r.sampling for r in engine.requests]
+    assert sampling[0] is None  # not set: the engine's own
+    assert [s.text_temperature for s in sampling[1:]] == [0.6, 1.2, 0.6]  # the response's for it only
+
+
 async def say(conn: Any, text: str) -> Any:
     """A typed user message; returns its conversation.item.added item."""
     await conn.conversation.item.create(item={"type": "message", "role": "user",

@@ -120,7 +120,7 @@ async def test_the_cascade_calls_through_its_llm_and_speaks_the_answer(aiohttp_s
                            responder=OpenAIChatResponder(base_url=str(llm.make_url("/v1")), model="m"))
     client, _ = await chat_server(engine)
     async with connect(client.server.port) as conn:
-        await conn.session.update(session=SESSION)
+        await conn.session.update(session={**SESSION, "temperature": 0.7})
         await a_turn(conn)
         called = await collect(conn, is_done())
         args = called.one("response.function_call_arguments.done")
@@ -128,7 +128,8 @@ async def test_the_cascade_calls_through_its_llm_and_speaks_the_answer(aiohttp_s
         assert seen[0]["tools"][0]["function"]["name"] == "get_weather"
         await conn.conversation.item.create(item={"type": "function_call_output", "call_id": "call_7",
                                                   "output": '{"sky": "sunny"}'})
-        await conn.response.create()
+        await conn.response.create(response={"temperature": 1.1})  # this response only
         answered = await collect(conn, is_done())
     assert answered.transcript() == "It is sunny in Paris." and rms(answered.pcm16()) > 0.1
+    assert [body["temperature"] for body in seen] == [0.7, 1.1]  # the client's, to the LLM
     assert [m["role"] for m in seen[1]["messages"]] == ["system", "user", "assistant", "tool"]

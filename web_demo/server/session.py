@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -359,19 +359,24 @@ class ChatSession:
 
     async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
                      system_prompt: str | None = None, tools: tuple[Tool, ...] = (),
-                     tool_results: tuple[ToolResult, ...] = ()) -> None:
+                     tool_results: tuple[ToolResult, ...] = (),
+                     text_temperature: float | None = None) -> None:
         """Starts the reply to a user turn: speech (float32 [T] at 16 kHz), typed `text` or
         the outputs of the calls the model made; a reply still running is cut first.
-        `system_prompt` overrides the session's for this reply; the model may call `tools`."""
+        `system_prompt` and `text_temperature` override the session's for this reply; the
+        model may call `tools`."""
         refusal = self._lifecycle.refusal()
         if refusal is not None:
             self.send_error(f"turn not answered: {refusal}")
             return
         await self.interrupt()  # a new turn supersedes an unfinished answer
+        sampling = self._sampling
+        if text_temperature is not None:
+            sampling = replace(sampling or SamplingOptions(), text_temperature=text_temperature)
         request = ReplyRequest(turn_index=self._turn_index,
                                system_prompt=system_prompt or self.system_prompt,
                                user_audio_16k=np.zeros(0, np.float32) if pcm_16k is None else pcm_16k,
-                               user_text=text, sampling=self._sampling, tools=tools,
+                               user_text=text, sampling=sampling, tools=tools,
                                tool_results=tool_results)
         self._turn_index += 1
         self._epoch += 1

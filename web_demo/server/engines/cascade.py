@@ -88,8 +88,10 @@ class CascadeConversation:
             self._heard_user = heard.text
             yield UserTranscript(heard.text)
         system_prompt = request.system_prompt or DEFAULT_SYSTEM_PROMPT
+        temperature = request.sampling.text_temperature if request.sampling is not None else None
         pieces = engine.responder.respond(system_prompt, tuple(self._history), self._heard_user,
-                                          tools=request.tools, tool_results=request.tool_results)
+                                          tools=request.tools, tool_results=request.tool_results,
+                                          temperature=temperature)
         async with contextlib.aclosing(sentences(pieces)) as replies:
             async for sentence in replies:
                 if isinstance(sentence, ToolCall):  # not spoken: the client runs it

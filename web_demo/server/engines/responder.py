@@ -46,9 +46,10 @@ class Responder(Protocol):
 
     def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                 tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                ) -> AsyncGenerator[ReplyPiece, None]:
+                temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
         """Streams the reply text in pieces, and the calls of `tools` the model makes (an
-        async generator; close it to stop). With `tool_results` they are the turn's input."""
+        async generator; close it to stop). With `tool_results` they are the turn's input.
+        `temperature`: the client's sampling temperature; None: the LLM's own."""
         ...
 
     def health(self) -> dict[str, Any]: ...
@@ -65,7 +66,7 @@ class EchoResponder:
 
     async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                       tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                      ) -> AsyncGenerator[ReplyPiece, None]:
+                      temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
         if tool_results:
             yield "Echo mode, no language model configured. The tool said: " + "; ".join(
                 r.output for r in tool_results)
@@ -104,11 +105,13 @@ class OpenAIChatResponder:
 
     async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                       tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                      ) -> AsyncGenerator[ReplyPiece, None]:
+                      temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
         assert self._http is not None, "start() first"
         body: dict[str, Any] = {
             "model": self._model, "stream": True, "max_tokens": self._max_tokens,
             "messages": chat_messages(system_prompt, history, user_text, tool_results)}
+        if temperature is not None:
+            body["temperature"] = temperature
         if tools:
             body["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description,

@@ -16,6 +16,7 @@ announced, the user input not answered yet and the response being streamed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,7 @@ class RealtimeWire:
         self._response: ResponseStream | None = None
         self._requested = False  # a reply was asked for and its response is not open yet
         self._response_overrides: ResponseCreate | None = None
+        self._temperature: float | None = None  # the client's session temperature, once it set one
         self._input = AppendedAudio()
         # Why the next interruption cuts the response (its response.done status_details.reason):
         # the VAD heard speech ("turn_detected", OpenAI's reason for a barge-in) unless the
@@ -165,6 +167,8 @@ class RealtimeWire:
         self._input.set_format(self.config.input_format)
         if update.instructions is not None:
             session.system_prompt = update.instructions or session.cfg.default_system_prompt or None
+        if update.temperature is not None:
+            self._temperature = update.temperature
         if update.turn_detection is OFF:
             session.set_vad(False, session.vad_settings)
             session.recording = True  # the input buffer fills until the client commits
@@ -255,18 +259,22 @@ class RealtimeWire:
         self._response_overrides, self._requested = overrides, True
         self._answering = pending.item_ids[-1]
         instructions = overrides.instructions if overrides is not None else None
+        temperature = self._temperature  # None until the client sets one: the engine's own
+        if overrides is not None and overrides.temperature is not None:
+            temperature = overrides.temperature
         offered = self.config.tools
         if overrides is not None and overrides.tools is not None:
             offered = overrides.tools
         tools = () if self._tool_choice(overrides) == "none" else tuple(
             Tool(t.name, t.description, t.parameters) for t in offered)
+        answer = functools.partial(session.answer, system_prompt=instructions, tools=tools,
+                                   text_temperature=temperature)
         if pending.tool_results:
-            await session.answer(None, system_prompt=instructions, tools=tools,
-                                 tool_results=tuple(pending.tool_results))
+            await answer(None, tool_results=tuple(pending.tool_results))
         elif pending.audio_16k:
-            await session.answer(np.concatenate(pending.audio_16k), system_prompt=instructions, tools=tools)
+            await answer(np.concatenate(pending.audio_16k))
         else:
-            await session.answer(None, text="\n".join(pending.texts), system_prompt=instructions, tools=tools)
+            await answer(None, text="\n".join(pending.texts))
 
     def _tool_choice(self, overrides: ResponseCreate | None) -> Any:
         if overrides is not None and overrides.tool_choice is not None:
