@@ -187,9 +187,12 @@ def run_batched(model: Token2Wav, n_streams: int, reply_s: float, step: int, sta
     serial_s = batched_s = float("inf")
     diff = 0.0
     for r in range(repeats):
-        passes = (_serial_pass, _batched_pass) if r % 2 == 0 else (_batched_pass, _serial_pass)
-        timed = {f: f(model, tokens, rounds, step, embedding) for f in passes}
-        (s_took, serial_pcm), (b_took, batched_pcm) = timed[_serial_pass], timed[_batched_pass]
+        if r % 2 == 0:
+            s_took, serial_pcm = _serial_pass(model, tokens, rounds, step, embedding)
+            b_took, batched_pcm = _batched_pass(model, tokens, rounds, step, embedding)
+        else:
+            b_took, batched_pcm = _batched_pass(model, tokens, rounds, step, embedding)
+            s_took, serial_pcm = _serial_pass(model, tokens, rounds, step, embedding)
         serial_s, batched_s = min(serial_s, s_took), min(batched_s, b_took)
         diff = max(diff, *(float(np.abs(np.concatenate(a) - np.concatenate(b)).max())
                            for a, b in zip(serial_pcm, batched_pcm, strict=True)))

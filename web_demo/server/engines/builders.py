@@ -78,11 +78,12 @@ def build_vocoder(cfg: VocoderConfig, workers: WorkerConfig, *, streams: int) ->
     slots for) together."""
     from web_demo.server.engines.local import WorkerVocoder
 
-    if cfg.cuda_graphs and not gpu_available():
+    gpu = gpu_available()
+    if cfg.cuda_graphs and not gpu:
         raise ValueError("--vocoder-cuda-graphs needs a CUDA device; none is visible")
     return WorkerVocoder(cfg=workers, init_kwargs={
         "model_dir": str(cfg.model_path),
-        "device": f"cuda:{cfg.gpu}" if gpu_available() else "cpu",
+        "device": f"cuda:{cfg.gpu}" if gpu else "cpu",
         "dtype": cfg.dtype, "mode": cfg.mode, "static_shapes": cfg.cuda_graphs,
         "max_stream_batch": streams,
         "speaker_embedding": str(cfg.speaker_embedding) if cfg.speaker_embedding else None})
