@@ -13,10 +13,15 @@ await runScenario(async (browser, pages) => {
   await connect(page);
   await shot(page, "connected");
   await step("connected"); // the test stops the server
-  const dropped = await waitForSnapshot(page, (s) => s.state === "waiting" && s.counters.drops >= 1,
-    { what: "the drop" });
+  // The status line is read in the same poll that sees the drop: the first retry fires 500 ms
+  // later, and by the time a screenshot is taken on a loaded machine it may be "Connecting…".
+  const dropped = await waitForSnapshot(page, (s) => {
+    if (s.state !== "waiting" || s.counters.drops < 1) return false;
+    s.statusText = document.querySelector("#status").textContent;
+    return true;
+  }, { what: "the drop" });
+  const droppedStatus = dropped.statusText;
   await shot(page, "dropped");
-  const droppedStatus = await page.textContent("#status");
   await step("dropped"); // the test starts the server again on the same port
   const back = await waitForSnapshot(page, (s) => s.state === "connected" && s.micOn && s.counters.connects === 2,
     { what: "the automatic reconnect", timeout: 60000 });
