@@ -173,3 +173,22 @@ async def test_an_idle_connection_gets_an_error_event_and_is_closed(asr_app) -> 
     assert error["type"] == "error" and error["error"]["code"] == "idle_timeout"
     await ws.receive(timeout=3)
     assert ws.closed
+
+
+async def test_a_client_that_never_reads_is_cut_and_others_go_on(asr_app, caplog) -> None:
+    client = await asr_app(models=AsrModels({"fake-asr": FakeAsr(text="still here")}),
+                           realtime_write_timeout_s=0.5)
+    greedy = await client.ws_connect("/v1/realtime")  # never reads: its buffers fill up
+    with pytest.raises((ConnectionError, RuntimeError)):
+        for _ in range(200):
+            for _ in range(500):
+                await greedy.send_str("not json")  # each answered with an error event
+            await asyncio.sleep(0.01)
+    assert "client is not reading" in caplog.text
+    async with sdk(client).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        await conn.session.update(session={"type": "transcription",
+                                           "audio": {"input": {"turn_detection": None}}})
+        await append(conn, pcm16(speech_24k("hello")), 9600)
+        await conn.input_audio_buffer.commit()
+        seen = await events_until(conn, "conversation.item.input_audio_transcription.completed")
+    assert seen[-1].transcript == "still here"

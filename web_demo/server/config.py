@@ -290,6 +290,8 @@ class AsrServiceConfig:
     realtime_idle_timeout_s: float = flag(600.0, "/v1/realtime: a connection whose client sends nothing "
                                           "for this long gets an error event and is closed",
                                           name="--realtime-idle-timeout")
+    realtime_write_timeout_s: float = flag(10.0, "/v1/realtime: a send blocked this long (client not "
+                                           "reading) cuts the connection", name="--realtime-write-timeout")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -308,6 +310,7 @@ class AsrServiceConfig:
             raise ValueError("--max-realtime-sessions must be at least 1")
         _positive("--max-segment-seconds", self.max_segment_s)
         _positive("--realtime-idle-timeout", self.realtime_idle_timeout_s)
+        _positive("--realtime-write-timeout", self.realtime_write_timeout_s)
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"--vad-threshold must be between 0 and 1, got {self.vad_threshold}")
 

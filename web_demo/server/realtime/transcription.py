@@ -8,14 +8,14 @@ selected model (the service's AsrModels) -> conversation.item.input_audio_transc
 most MAX_IN_FLIGHT at once, so a slow one never stops the microphone from being heard.
 
 Memory per connection is bounded: a segment holds at most `max_segment_s` of audio (longer
-speech goes on in a new segment), the pre-roll window is short, and at most MAX_IN_FLIGHT
-segments wait for their transcripts (a segment beyond that gets a .failed event).
+speech goes on in a new segment), the pre-roll window is short, at most MAX_IN_FLIGHT
+segments wait for their transcripts (a segment beyond that gets a .failed event), and a send
+blocked for `write_timeout_s` (a client that does not read) cuts the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -55,9 +55,13 @@ class RealtimeTranscription:
     """One transcription WebSocket: its settings, VAD, current segment and transcriptions."""
 
     def __init__(self, ws: web.WebSocketResponse, *, models: AsrModels, vad_model: SileroVad,
-                 max_segment_s: float, idle_timeout_s: float) -> None:
+                 max_segment_s: float, idle_timeout_s: float, write_timeout_s: float,
+                 transport: asyncio.Transport | None) -> None:
         self._ws = ws
         self._idle_timeout_s = idle_timeout_s
+        self._write_timeout_s = write_timeout_s
+        self._transport = transport  # aborted when the client stops reading
+        self._cut = False
         self._models = models
         self._vad_model = vad_model
         self._max_samples = int(max_segment_s * MODEL_SAMPLE_RATE)
@@ -92,7 +96,9 @@ class RealtimeTranscription:
                                                 message=f"no event for {self._idle_timeout_s:g} s; closing"))
                 await self._ws.close()
                 return
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            # the events a cut client had already sent are not acted on: no answer reaches it
+            if self._cut or msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
+                                         WSMsgType.ERROR):
                 return
             try:
                 if msg.type is not WSMsgType.TEXT:
@@ -213,7 +219,19 @@ class RealtimeTranscription:
         return ev.session_object(self.config, session_id=self._session_id, model=model, dialect=self.dialect)
 
     async def _send(self, event: ev.ServerEvent) -> None:
-        """Sends one event; a client gone mid-send ends nothing but that send."""
+        """Sends one event; a client gone mid-send ends nothing but that send, and one whose
+        send blocks for the write timeout is cut (a close frame would never reach it)."""
         async with self._send_lock:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self._ws.send_str(json.dumps(event, ensure_ascii=False))
+            if self._cut:
+                return
+            try:
+                async with asyncio.timeout(self._write_timeout_s):
+                    await self._ws.send_str(json.dumps(event, ensure_ascii=False))
+            except (ConnectionError, RuntimeError):
+                pass
+            except TimeoutError:
+                self._cut = True
+                logger.warning("realtime transcription session %s cut: client is not reading "
+                               "(a send blocked %g s)", self._session_id, self._write_timeout_s)
+                if self._transport is not None:
+                    self._transport.abort()

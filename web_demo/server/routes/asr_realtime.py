@@ -53,7 +53,9 @@ class RealtimeTranscriptionRoute:
         try:
             await RealtimeTranscription(ws, models=self._models, vad_model=self._vad_model,
                                         max_segment_s=self._cfg.max_segment_s,
-                                        idle_timeout_s=self._cfg.realtime_idle_timeout_s).run()
+                                        idle_timeout_s=self._cfg.realtime_idle_timeout_s,
+                                        write_timeout_s=self._cfg.realtime_write_timeout_s,
+                                        transport=request.transport).run()
         finally:
             self.sockets.discard(ws)
             logger.info("realtime transcription session closed (%d active)", len(self.sockets))
