@@ -310,6 +310,21 @@ async def test_the_clients_temperature_reaches_the_engine_once_it_sets_one(chat_
     assert [s.text_temperature for s in sampling[1:]] == [0.6, 1.2, 0.6]  # the response's for it only
 
 
+async def test_the_sessions_speed_changes_the_rate_not_the_pitch(chat_server: Any) -> None:
+    client, _ = await start(chat_server, FakeEngine(audio_s=1.2))
+    async with connect(client.server.port) as conn:
+        await manual_session(conn)
+        for speed in (1.5, 0.5):
+            await conn.session.update(session={"type": "realtime", "audio": {"output": {"speed": speed}}})
+            assert (await collect(conn, is_type("session.updated"), timeout=5)).one(
+                "session.updated").session.audio.output.speed == speed
+            await manual_turn(conn, tone_24k(0.5))
+            got = await collect(conn, is_done("completed"), timeout=10)
+            pcm = got.pcm16()
+            assert abs(len(pcm) / WIRE_SAMPLE_RATE - 1.2 / speed) < 0.05, (speed, len(pcm))
+            assert abs(peak_hz(pcm, WIRE_SAMPLE_RATE) - 330) < 10  # the engine's tone, stretched
+
+
 async def say(conn: Any, text: str) -> Any:
     """A typed user message; returns its conversation.item.added item."""
     await conn.conversation.item.create(item={"type": "message", "role": "user",

@@ -1,11 +1,12 @@
 """ChatSession: everything one conversation WebSocket owns, whatever its wire protocol.
 
-A `Wire` (chat_wire.py: the binary /api/chat protocol; realtime_wire.py: OpenAI's Realtime
+A `Wire` (chat_wire.py: the binary /api/chat protocol; realtime/wire.py: OpenAI's Realtime
 API) reads client frames and calls the session; the session answers through outbox items
 that the wire renders into frames. Data path, in the order audio flows:
   wire receive:  client frames -> PCM 16 kHz -> feed_audio() -> turn buffer (VAD optional)
   end of turn:   the turn's PCM 16 kHz -> the wire's turn_ended() -> answer() -> reply task
-  reply task:    conversation.reply() events -> paced (real time + send_ahead) -> outbox
+  reply task:    conversation.reply() events -> stretched to the client's speed, if it set
+                 one -> paced (real time + send_ahead) -> outbox
   write loop:    outbox -> wire.render() (Opus pages, JSON events) -> ws.send_*; pings
 
 The receive loop, the write loop and the reply tasks run in one task group: a crash in any
@@ -52,6 +53,7 @@ from web_demo.server.engines.base import (
 from web_demo.server.errors import EngineDead, ProtocolError, ServingError
 from web_demo.server.lifecycle import Lifecycle
 from web_demo.server.metrics import Metrics
+from web_demo.server.tempo import TempoStretch
 from web_demo.server.vad import SileroVad, VadEvent, VadSettings, VadTurnTracker
 
 logger = logging.getLogger(__name__)
@@ -360,11 +362,11 @@ class ChatSession:
     async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
                      system_prompt: str | None = None, tools: tuple[Tool, ...] = (),
                      tool_results: tuple[ToolResult, ...] = (),
-                     text_temperature: float | None = None) -> None:
+                     text_temperature: float | None = None, speed: float = 1.0) -> None:
         """Starts the reply to a user turn: speech (float32 [T] at 16 kHz), typed `text` or
         the outputs of the calls the model made; a reply still running is cut first.
         `system_prompt` and `text_temperature` override the session's for this reply; the
-        model may call `tools`."""
+        model may call `tools`; the reply is spoken at `speed` times the engine's rate."""
         refusal = self._lifecycle.refusal()
         if refusal is not None:
             self.send_error(f"turn not answered: {refusal}")
@@ -384,18 +386,21 @@ class ChatSession:
         self._lifecycle.begin_work()  # a drain lets this reply finish
         assert self._tasks is not None
         self._reply_task = self._tasks.create_task(
-            self._reply(self._progress), name=f"reply-{self.id}-{request.turn_index}")
+            self._reply(self._progress, speed), name=f"reply-{self.id}-{request.turn_index}")
 
-    async def _reply(self, progress: ReplyProgress) -> None:
+    async def _reply(self, progress: ReplyProgress, speed: float) -> None:
         epoch = progress.epoch
         clock = PlaybackClock(self.cfg.send_ahead_s)
+        # before pacing, so the client is sent the stretched audio at its real-time rate
+        stretch = None if speed == 1.0 else TempoStretch(WIRE_SAMPLE_RATE, speed)
         self.emit(Outgoing("reply_started", epoch=epoch))
         assert self._conversation is not None
         try:
             async with contextlib.aclosing(self._conversation.reply(progress.request)) as events:
                 async for event in events:
                     if isinstance(event, AudioDelta):
-                        await self._queue_audio(event.pcm_24k, clock, epoch)
+                        pcm_24k = event.pcm_24k if stretch is None else stretch.process(event.pcm_24k)
+                        await self._queue_audio(pcm_24k, clock, epoch)
                     elif isinstance(event, TextDelta):
                         progress.produced_text.append(event.text)
                         self.emit(Outgoing("text", epoch=epoch, text=event.text))
@@ -406,6 +411,8 @@ class ChatSession:
                     elif isinstance(event, ToolCall):
                         self.emit_event({"type": "tool_call", "call_id": event.call_id,
                                          "name": event.name, "arguments": event.arguments}, epoch)
+            if stretch is not None:
+                await self._queue_audio(stretch.flush(), clock, epoch)
         except EngineDead as exc:
             progress.failed = True
             logger.error("session %s: engine dead: %s", self.id, exc)

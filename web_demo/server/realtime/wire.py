@@ -268,7 +268,7 @@ class RealtimeWire:
         tools = () if self._tool_choice(overrides) == "none" else tuple(
             Tool(t.name, t.description, t.parameters) for t in offered)
         answer = functools.partial(session.answer, system_prompt=instructions, tools=tools,
-                                   text_temperature=temperature)
+                                   text_temperature=temperature, speed=self.config.speed)
         if pending.tool_results:
             await answer(None, tool_results=tuple(pending.tool_results))
         elif pending.audio_16k:
