@@ -107,10 +107,11 @@ class FakeConversation:
 @dataclass
 class ToneTts:
     """In-process TtsEngine: 200 ms of a 330 Hz tone per request; records each text it was
-    asked to speak."""
+    asked to speak, and in which voice."""
     name: str = "tone"
     sample_rate: int = 24000
     texts: list[str] = field(default_factory=list)
+    voices: list[str | None] = field(default_factory=list)
 
     async def start(self) -> None:
         return None
@@ -126,6 +127,7 @@ class ToneTts:
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[PcmChunk, None]:
         self.texts.append(request.text)
+        self.voices.append(request.voice)
         yield PcmChunk(_TONE_200MS, self.sample_rate)
 
 

@@ -73,6 +73,20 @@ async def test_conversation_history_holds_what_was_heard_capped() -> None:
     assert conversation.history == ()
 
 
+async def test_a_turns_voice_is_the_tts_voice_else_the_engines() -> None:
+    tts = ToneTts()
+    engine = CascadeEngine(asr=FakeAsr(), responder=EchoResponder(), tts=tts, voice="en-us")
+    conversation = engine.open_session("s", history_turns=2)
+    spoken = []
+    for i, voice in enumerate(("coral", None)):
+        async for _ in conversation.reply(ReplyRequest(turn_index=i, system_prompt=None, voice=voice,
+                                                       user_audio_16k=np.zeros(1600, np.float32))):
+            pass
+        spoken.append(set(tts.voices))
+        tts.voices.clear()
+    assert spoken == [{"coral"}, {"en-us"}]
+
+
 async def test_sentences_regroups_stream() -> None:
     async def pieces():
         for p in ["Hel", "lo there. How", " are you? Fine", "\nBye"]:

@@ -310,6 +310,25 @@ async def test_the_clients_temperature_reaches_the_engine_once_it_sets_one(chat_
     assert [s.text_temperature for s in sampling[1:]] == [0.6, 1.2, 0.6]  # the response's for it only
 
 
+async def test_the_clients_voice_reaches_the_engine_once_it_sets_one(chat_server: Any) -> None:
+    client, engine = await start(chat_server, FakeEngine(audio_s=0.2))
+    async with connect(client.server.port) as conn:
+        await opened(conn)
+        for session, response, reported in [(None, None, "default"), ("coral", None, "coral"),
+                                            (None, "ash", "ash"), (None, None, "coral")]:
+            if session is not None:
+                await conn.session.update(session={"type": "realtime",
+                                                   "audio": {"output": {"voice": session}}})
+                await collect(conn, is_type("session.updated"), timeout=5)
+            await say(conn, "Hi")
+            await conn.response.create(**({"response": {"audio": {"output": {"voice": response}}}}
+                                          if response else {}))
+            got = await collect(conn, is_done("completed"), timeout=10)
+            assert got.one("response.created").response.audio.output.voice == reported
+    # not set: the engine's own; a response's voice for that response only
+    assert [r.voice for r in engine.requests] == [None, "coral", "ash", "coral"]
+
+
 async def test_the_sessions_speed_changes_the_rate_not_the_pitch(chat_server: Any) -> None:
     client, _ = await start(chat_server, FakeEngine(audio_s=1.2))
     async with connect(client.server.port) as conn:

@@ -362,11 +362,13 @@ class ChatSession:
     async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
                      system_prompt: str | None = None, tools: tuple[Tool, ...] = (),
                      tool_results: tuple[ToolResult, ...] = (),
-                     text_temperature: float | None = None, speed: float = 1.0) -> None:
+                     text_temperature: float | None = None, voice: str | None = None,
+                     speed: float = 1.0) -> None:
         """Starts the reply to a user turn: speech (float32 [T] at 16 kHz), typed `text` or
         the outputs of the calls the model made; a reply still running is cut first.
         `system_prompt` and `text_temperature` override the session's for this reply; the
-        model may call `tools`; the reply is spoken at `speed` times the engine's rate."""
+        model may call `tools`; the reply is spoken in `voice` (engines that have voices) at
+        `speed` times the engine's rate."""
         refusal = self._lifecycle.refusal()
         if refusal is not None:
             self.send_error(f"turn not answered: {refusal}")
@@ -379,7 +381,7 @@ class ChatSession:
                                system_prompt=system_prompt or self.system_prompt,
                                user_audio_16k=np.zeros(0, np.float32) if pcm_16k is None else pcm_16k,
                                user_text=text, sampling=sampling, tools=tools,
-                               tool_results=tool_results)
+                               tool_results=tool_results, voice=voice)
         self._turn_index += 1
         self._epoch += 1
         self._progress = ReplyProgress(request, self._epoch, asyncio.get_running_loop().time())

@@ -56,6 +56,7 @@ class ReplyRequest:
     user_text: str | None = None  # a typed turn (the Realtime API's input_text), not speech
     tools: tuple[Tool, ...] = ()  # the model may call these instead of answering
     tool_results: tuple[ToolResult, ...] = ()  # this turn's input: outputs of the last calls
+    voice: str | None = None  # engines that speak through a TTS: its voice; None: the engine's own
 
 
 @dataclass(frozen=True)

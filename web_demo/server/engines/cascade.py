@@ -99,7 +99,8 @@ class CascadeConversation:
                     yield sentence
                     continue
                 yield TextDelta(sentence)
-                speech = engine.tts.synthesize(SynthesisRequest(text=sentence.strip(), voice=engine.voice))
+                speech = engine.tts.synthesize(SynthesisRequest(text=sentence.strip(),
+                                                                voice=request.voice or engine.voice))
                 async with contextlib.aclosing(speech) as chunks:
                     async for chunk in chunks:
                         yield AudioDelta(chunk.pcm)

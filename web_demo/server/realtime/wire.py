@@ -90,6 +90,7 @@ class RealtimeWire:
         self._requested = False  # a reply was asked for and its response is not open yet
         self._response_overrides: ResponseCreate | None = None
         self._temperature: float | None = None  # the client's session temperature, once it set one
+        self._voice: str | None = None  # and its voice (config.voice reports "default" before)
         self._input = AppendedAudio()
         # Why the next interruption cuts the response (its response.done status_details.reason):
         # the VAD heard speech ("turn_detected", OpenAI's reason for a barge-in) unless the
@@ -169,6 +170,8 @@ class RealtimeWire:
             session.system_prompt = update.instructions or session.cfg.default_system_prompt or None
         if update.temperature is not None:
             self._temperature = update.temperature
+        if update.voice is not None:
+            self._voice = update.voice
         if update.turn_detection is OFF:
             session.set_vad(False, session.vad_settings)
             session.recording = True  # the input buffer fills until the client commits
@@ -258,17 +261,14 @@ class RealtimeWire:
         pending, self._pending = self._pending, PendingInput()
         self._response_overrides, self._requested = overrides, True
         self._answering = pending.item_ids[-1]
-        instructions = overrides.instructions if overrides is not None else None
-        temperature = self._temperature  # None until the client sets one: the engine's own
-        if overrides is not None and overrides.temperature is not None:
-            temperature = overrides.temperature
-        offered = self.config.tools
-        if overrides is not None and overrides.tools is not None:
-            offered = overrides.tools
+        # temperature and voice: None until the client sets one, and then the engine's own applies
+        offered = _overridden(overrides, "tools", self.config.tools)
         tools = () if self._tool_choice(overrides) == "none" else tuple(
             Tool(t.name, t.description, t.parameters) for t in offered)
-        answer = functools.partial(session.answer, system_prompt=instructions, tools=tools,
-                                   text_temperature=temperature, speed=self.config.speed)
+        answer = functools.partial(
+            session.answer, system_prompt=_overridden(overrides, "instructions", None), tools=tools,
+            text_temperature=_overridden(overrides, "temperature", self._temperature),
+            voice=_overridden(overrides, "voice", self._voice), speed=self.config.speed)
         if pending.tool_results:
             await answer(None, tool_results=tuple(pending.tool_results))
         elif pending.audio_16k:
@@ -277,9 +277,7 @@ class RealtimeWire:
             await answer(None, text="\n".join(pending.texts))
 
     def _tool_choice(self, overrides: ResponseCreate | None) -> Any:
-        if overrides is not None and overrides.tool_choice is not None:
-            return overrides.tool_choice
-        return self.config.tool_choice
+        return _overridden(overrides, "tool_choice", self.config.tool_choice)
 
     async def _cancel_response(self, session: ChatSession, event: ResponseCancel) -> None:
         # A reply asked for but not announced yet (response.created still queued) is in progress too.
@@ -353,10 +351,10 @@ class RealtimeWire:
 
     def _open_response(self) -> list[ev.ServerEvent]:
         overrides = self._response_overrides
-        modality = (overrides.output_modality if overrides is not None and overrides.output_modality
-                    else self.config.output_modality)
+        modality = _overridden(overrides, "output_modality", self.config.output_modality)
         self._requested = False
-        self._response = ResponseStream(dialect=self.dialect, modality=modality, voice=self.config.voice,
+        self._response = ResponseStream(dialect=self.dialect, modality=modality,
+                                        voice=_overridden(overrides, "voice", self.config.voice),
                                         output_format=self.config.output_format,
                                         previous_item_id=self._last_item_id)
         return self._response.created()
@@ -383,3 +381,8 @@ class RealtimeWire:
     def _out(self, event: ev.ServerEvent) -> Outgoing:
         return Outgoing("frame", frame=self._frame(event))
 
+
+def _overridden(overrides: ResponseCreate | None, name: str, session_value: Any) -> Any:
+    """The value one response.create gives `name` for its response, else the session's."""
+    value = getattr(overrides, name, None)
+    return session_value if value is None else value
