@@ -261,7 +261,7 @@ class RealtimeWire:
         pending, self._pending = self._pending, PendingInput()
         self._response_overrides, self._requested = overrides, True
         self._answering = pending.item_ids[-1]
-        # temperature and voice: None until the client sets one, and then the engine's own applies
+        # temperature and voice stay None (the engine's own) until the client sets one
         offered = _overridden(overrides, "tools", self.config.tools)
         tools = () if self._tool_choice(overrides) == "none" else tuple(
             Tool(t.name, t.description, t.parameters) for t in offered)
