@@ -117,12 +117,15 @@ async def test_openai_responder_streams_and_sends_history(aiohttp_server) -> Non
     try:
         history = (ChatTurn(user="hi", assistant="hello"),)
         text = "".join([p async for p in responder.respond("Be brief.", history, "capital of France?")])
+        for cap in (10, 1000):  # a client's cap, under the responder's own (256)
+            _ = [p async for p in responder.respond(None, (), "hi", max_tokens=cap)]
     finally:
         await responder.aclose()
     assert text == "Paris is the capital."
     assert seen[0]["stream"] is True and seen[0]["model"] == "m"
     assert [m["role"] for m in seen[0]["messages"]] == ["system", "user", "assistant", "user"]
     assert seen[0]["messages"][-1]["content"] == "capital of France?"
+    assert [body["max_tokens"] for body in seen] == [256, 10, 256]
 
 
 async def test_openai_responder_http_error_is_engine_error(aiohttp_server) -> None:

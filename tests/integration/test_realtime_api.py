@@ -344,6 +344,21 @@ async def test_the_sessions_speed_changes_the_rate_not_the_pitch(chat_server: An
             assert abs(peak_hz(pcm, WIRE_SAMPLE_RATE) - 330) < 10  # the engine's tone, stretched
 
 
+async def test_the_clients_max_output_tokens_caps_the_reply(chat_server: Any) -> None:
+    client, engine = await start(chat_server, FakeEngine(audio_s=0.2))
+    async with connect(client.server.port) as conn:
+        await opened(conn)
+        for session, response in [(None, None), (50, None), (None, 10), (None, None), ("inf", None)]:
+            if session is not None:
+                await conn.session.update(session={"type": "realtime", "max_output_tokens": session})
+                await collect(conn, is_type("session.updated"), timeout=5)
+            await say(conn, "Hi")
+            await conn.response.create(**({"response": {"max_output_tokens": response}} if response else {}))
+            await collect(conn, is_done("completed"), timeout=10)
+    caps = [r.sampling.max_text_tokens if r.sampling is not None else None for r in engine.requests]
+    assert caps == [None, 50, 10, 50, None]  # "inf" lifts it: the engine's own again
+
+
 async def say(conn: Any, text: str) -> Any:
     """A typed user message; returns its conversation.item.added item."""
     await conn.conversation.item.create(item={"type": "message", "role": "user",

@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -362,11 +362,11 @@ class ChatSession:
     async def answer(self, pcm_16k: np.ndarray | None, *, text: str | None = None,
                      system_prompt: str | None = None, tools: tuple[Tool, ...] = (),
                      tool_results: tuple[ToolResult, ...] = (),
-                     text_temperature: float | None = None, voice: str | None = None,
+                     sampling: SamplingOptions | None = None, voice: str | None = None,
                      speed: float = 1.0) -> None:
         """Starts the reply to a user turn: speech (float32 [T] at 16 kHz), typed `text` or
         the outputs of the calls the model made; a reply still running is cut first.
-        `system_prompt` and `text_temperature` override the session's for this reply; the
+        `system_prompt` and what `sampling` sets override the session's for this reply; the
         model may call `tools`; the reply is spoken in `voice` (engines that have voices) at
         `speed` times the engine's rate."""
         refusal = self._lifecycle.refusal()
@@ -374,9 +374,10 @@ class ChatSession:
             self.send_error(f"turn not answered: {refusal}")
             return
         await self.interrupt()  # a new turn supersedes an unfinished answer
-        sampling = self._sampling
-        if text_temperature is not None:
-            sampling = replace(sampling or SamplingOptions(), text_temperature=text_temperature)
+        if sampling is None or sampling == SamplingOptions():  # nothing set: the session's own
+            sampling = self._sampling
+        else:
+            sampling = (self._sampling or SamplingOptions()).overridden_by(sampling)
         request = ReplyRequest(turn_index=self._turn_index,
                                system_prompt=system_prompt or self.system_prompt,
                                user_audio_16k=np.zeros(0, np.float32) if pcm_16k is None else pcm_16k,

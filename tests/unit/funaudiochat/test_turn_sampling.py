@@ -74,3 +74,11 @@ def test_session_options_map_onto_text_and_speech_settings() -> None:
     only_seed = turn_sampling(base, SamplingOptions(speech_seed=4))
     assert only_seed.speech is not None and only_seed.speech.seed == 4
     assert (only_seed.temperature, only_seed.top_k, only_seed.do_sample) == (0.8, 0, True)
+
+
+def test_a_clients_max_text_tokens_caps_the_decode_steps(runtime) -> None:
+    base = SamplingParams(top_k=1, seed=1, max_steps=12)
+    assert turn_sampling(base, SamplingOptions(max_text_tokens=50)).max_steps == 12  # under the engine's
+    capped = turn_sampling(base, SamplingOptions(max_text_tokens=3))
+    assert capped.max_steps == 3
+    assert len(_turn(runtime, capped)[0]) == 3  # one text token per decode step, then the turn ends

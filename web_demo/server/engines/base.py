@@ -7,7 +7,7 @@ so tests swap in fakes. Engines receive audio in memory (float32 PCM, rate in th
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +29,12 @@ class SamplingOptions:
     speech_seed: int | None = None
     repetition_penalty: float | None = None
     repetition_window: int | None = None
+    max_text_tokens: int | None = None  # the reply's text tokens at most (a Realtime client's cap)
+
+    def overridden_by(self, other: SamplingOptions) -> SamplingOptions:
+        """These settings with the ones `other` sets in their place."""
+        return replace(self, **{f.name: value for f in fields(other)
+                                if (value := getattr(other, f.name)) is not None})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from web_demo.server.engines.base import (
     AudioDelta,
     ReplyEvent,
     ReplyRequest,
+    SamplingOptions,
     SynthesisRequest,
     TextDelta,
     ToolCall,
@@ -88,10 +89,11 @@ class CascadeConversation:
             self._heard_user = heard.text
             yield UserTranscript(heard.text)
         system_prompt = request.system_prompt or DEFAULT_SYSTEM_PROMPT
-        temperature = request.sampling.text_temperature if request.sampling is not None else None
+        sampling = request.sampling or SamplingOptions()
         pieces = engine.responder.respond(system_prompt, tuple(self._history), self._heard_user,
                                           tools=request.tools, tool_results=request.tool_results,
-                                          temperature=temperature)
+                                          temperature=sampling.text_temperature,
+                                          max_tokens=sampling.max_text_tokens)
         async with contextlib.aclosing(sentences(pieces)) as replies:
             async for sentence in replies:
                 if isinstance(sentence, ToolCall):  # not spoken: the client runs it

@@ -144,6 +144,8 @@ def turn_sampling(base: Any, options: SamplingOptions | None) -> Any:
         shared["repetition_penalty"] = options.repetition_penalty
     if options.repetition_window is not None:
         shared["penalty_window"] = options.repetition_window
+    if options.max_text_tokens is not None:  # a decode step makes one text token
+        shared["max_steps"] = min(options.max_text_tokens, base.max_steps)
     common = dataclasses.replace(base, **shared)
     speech = kind(common, options.speech_temperature, options.speech_top_k, options.speech_seed)
     text = kind(common, options.text_temperature, options.text_top_k, options.text_seed)

@@ -46,10 +46,12 @@ class Responder(Protocol):
 
     def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                 tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
+                temperature: float | None = None,
+                max_tokens: int | None = None) -> AsyncGenerator[ReplyPiece, None]:
         """Streams the reply text in pieces, and the calls of `tools` the model makes (an
         async generator; close it to stop). With `tool_results` they are the turn's input.
-        `temperature`: the client's sampling temperature; None: the LLM's own."""
+        `temperature`: the client's sampling temperature; None: the LLM's own. `max_tokens`:
+        the client's cap on the reply, under the responder's own."""
         ...
 
     def health(self) -> dict[str, Any]: ...
@@ -66,7 +68,8 @@ class EchoResponder:
 
     async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                       tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                      temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
+                      temperature: float | None = None,
+                      max_tokens: int | None = None) -> AsyncGenerator[ReplyPiece, None]:
         if tool_results:
             yield "Echo mode, no language model configured. The tool said: " + "; ".join(
                 r.output for r in tool_results)
@@ -105,10 +108,12 @@ class OpenAIChatResponder:
 
     async def respond(self, system_prompt: str | None, history: Sequence[ChatTurn], user_text: str, *,
                       tools: Sequence[Tool] = (), tool_results: Sequence[ToolResult] = (),
-                      temperature: float | None = None) -> AsyncGenerator[ReplyPiece, None]:
+                      temperature: float | None = None,
+                      max_tokens: int | None = None) -> AsyncGenerator[ReplyPiece, None]:
         assert self._http is not None, "start() first"
         body: dict[str, Any] = {
-            "model": self._model, "stream": True, "max_tokens": self._max_tokens,
+            "model": self._model, "stream": True,
+            "max_tokens": self._max_tokens if max_tokens is None else min(max_tokens, self._max_tokens),
             "messages": chat_messages(system_prompt, history, user_text, tool_results)}
         if temperature is not None:
             body["temperature"] = temperature

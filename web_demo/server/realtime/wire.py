@@ -26,7 +26,7 @@ import numpy as np
 from aiohttp import WSMsgType
 
 from utils.audio import MODEL_SAMPLE_RATE, resample
-from web_demo.server.engines.base import Tool, ToolResult
+from web_demo.server.engines.base import SamplingOptions, Tool, ToolResult
 from web_demo.server.errors import ProtocolError
 from web_demo.server.realtime import events as ev
 from web_demo.server.realtime.appended_audio import AppendedAudio
@@ -261,20 +261,25 @@ class RealtimeWire:
         pending, self._pending = self._pending, PendingInput()
         self._response_overrides, self._requested = overrides, True
         self._answering = pending.item_ids[-1]
-        # temperature and voice stay None (the engine's own) until the client sets one
         offered = _overridden(overrides, "tools", self.config.tools)
         tools = () if self._tool_choice(overrides) == "none" else tuple(
             Tool(t.name, t.description, t.parameters) for t in offered)
+        # temperature, max tokens and voice stay None (the engine's own) until the client sets one
+        sampling = SamplingOptions(text_temperature=_overridden(overrides, "temperature", self._temperature),
+                                   max_text_tokens=self._max_tokens(overrides))
         answer = functools.partial(
             session.answer, system_prompt=_overridden(overrides, "instructions", None), tools=tools,
-            text_temperature=_overridden(overrides, "temperature", self._temperature),
-            voice=_overridden(overrides, "voice", self._voice), speed=self.config.speed)
+            sampling=sampling, voice=_overridden(overrides, "voice", self._voice), speed=self.config.speed)
         if pending.tool_results:
             await answer(None, tool_results=tuple(pending.tool_results))
         elif pending.audio_16k:
             await answer(np.concatenate(pending.audio_16k))
         else:
             await answer(None, text="\n".join(pending.texts))
+
+    def _max_tokens(self, overrides: ResponseCreate | None) -> int | None:
+        limit = _overridden(overrides, "max_output_tokens", self.config.max_output_tokens)
+        return None if limit == "inf" else limit
 
     def _tool_choice(self, overrides: ResponseCreate | None) -> Any:
         return _overridden(overrides, "tool_choice", self.config.tool_choice)
