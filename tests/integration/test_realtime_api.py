@@ -299,31 +299,22 @@ async def test_the_clients_temperature_reaches_the_engine_once_it_sets_one(chat_
         await opened(conn)
         for session, response in [(None, None), ({"temperature": 0.6}, None), (None, {"temperature": 1.2}),
                                   (None, None)]:
-            if session is not None:
-                await conn.session.update(session={"type": "realtime", **session})
-                await collect(conn, is_type("session.updated"), timeout=5)
-            await say(conn, "Hi")
-            await conn.response.create(**({"response": response} if response else {}))
-            await collect(conn, is_done("completed"), timeout=10)
+            await typed_turn(conn, session, response)
     sampling = [r.sampling for r in engine.requests]
     assert sampling[0] is None  # not set: the engine's own
     assert [s.text_temperature for s in sampling[1:]] == [0.6, 1.2, 0.6]  # the response's for it only
 
 
 async def test_the_clients_voice_reaches_the_engine_once_it_sets_one(chat_server: Any) -> None:
+    def output_voice(voice: str | None) -> dict[str, Any] | None:
+        return None if voice is None else {"audio": {"output": {"voice": voice}}}
+
     client, engine = await start(chat_server, FakeEngine(audio_s=0.2))
     async with connect(client.server.port) as conn:
         await opened(conn)
         for session, response, reported in [(None, None, "default"), ("coral", None, "coral"),
                                             (None, "ash", "ash"), (None, None, "coral")]:
-            if session is not None:
-                await conn.session.update(session={"type": "realtime",
-                                                   "audio": {"output": {"voice": session}}})
-                await collect(conn, is_type("session.updated"), timeout=5)
-            await say(conn, "Hi")
-            await conn.response.create(**({"response": {"audio": {"output": {"voice": response}}}}
-                                          if response else {}))
-            got = await collect(conn, is_done("completed"), timeout=10)
+            got = await typed_turn(conn, output_voice(session), output_voice(response))
             assert got.one("response.created").response.audio.output.voice == reported
     # not set: the engine's own; a response's voice for that response only
     assert [r.voice for r in engine.requests] == [None, "coral", "ash", "coral"]
@@ -349,12 +340,8 @@ async def test_the_clients_max_output_tokens_caps_the_reply(chat_server: Any) ->
     async with connect(client.server.port) as conn:
         await opened(conn)
         for session, response in [(None, None), (50, None), (None, 10), (None, None), ("inf", None)]:
-            if session is not None:
-                await conn.session.update(session={"type": "realtime", "max_output_tokens": session})
-                await collect(conn, is_type("session.updated"), timeout=5)
-            await say(conn, "Hi")
-            await conn.response.create(**({"response": {"max_output_tokens": response}} if response else {}))
-            await collect(conn, is_done("completed"), timeout=10)
+            await typed_turn(conn, None if session is None else {"max_output_tokens": session},
+                             None if response is None else {"max_output_tokens": response})
     caps = [r.sampling.max_text_tokens if r.sampling is not None else None for r in engine.requests]
     assert caps == [None, 50, 10, 50, None]  # "inf" lifts it: the engine's own again
 
@@ -365,6 +352,18 @@ async def say(conn: Any, text: str) -> Any:
                                               "content": [{"type": "input_text", "text": text}]})
     return (await collect(conn, is_type("conversation.item.added"), timeout=5)).one(
         "conversation.item.added").item
+
+
+async def typed_turn(conn: Any, session: dict[str, Any] | None = None,
+                     response: dict[str, Any] | None = None) -> Any:
+    """One typed turn answered, after a session.update of `session`'s fields if given;
+    `response`: the turn's own response.create fields. Returns the turn's events."""
+    if session is not None:
+        await conn.session.update(session={"type": "realtime", **session})
+        await collect(conn, is_type("session.updated"), timeout=5)
+    await say(conn, "Hi")
+    await conn.response.create(**({"response": response} if response else {}))
+    return await collect(conn, is_done("completed"), timeout=10)
 
 
 async def test_a_typed_user_message_is_answered(chat_server: Any) -> None:
